@@ -1,0 +1,25 @@
+"""keras_lemon: lossless model expansion (LEMON) for Keras 3 and keras-hub.
+
+Grow a small pretrained transformer into a larger one whose outputs are
+unchanged, then train it with LEMON's accelerated-decay schedule.
+
+References:
+    Wang et al., "LEMON: Lossless model expansion", ICLR 2024,
+    arXiv:2310.07999.
+"""
+
+from keras_lemon import rules  # noqa: F401  (registers the built-in rules)
+from keras_lemon.depth import BlockSpec
+from keras_lemon.depth import depth_plan
+from keras_lemon.expand import expand_model
+from keras_lemon.expand import expansion_plan
+from keras_lemon.index_maps import DimExpansion
+from keras_lemon.index_maps import cancel
+from keras_lemon.index_maps import fan_in_split
+from keras_lemon.index_maps import fan_out
+from keras_lemon.plan import ExpansionPlan
+from keras_lemon.rules.registry import ExpansionContext
+from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.registry import register_rule
+
+__version__ = "0.1.0"

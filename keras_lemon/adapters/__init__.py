@@ -1,0 +1,1 @@
+"""Model adapters: which target layer each source layer feeds, per model family."""

@@ -1,0 +1,88 @@
+"""Depth growth: where new blocks go and how they are initialized.
+
+LEMON inserts new blocks so that the network's function is unchanged:
+
+- **pre-LN** (ViT, GPT-2): a new block is a width-expanded copy of a source
+  block whose two output projections *cancel* (their weights' copies sum to
+  zero), so the block adds exactly 0 to the residual stream.
+- **post-LN** (BERT): `x_{i+1} = LN2_i(...)`. A chain "source block i, then
+  new blocks" sets every LN2 but the chain's last to identity and every new
+  block's LN1 to identity; the last block carries block i's LN2. Since
+  `LN(LN(z)) = LN(z)` up to epsilon, this is exact to `O(epsilon / var)`
+  (float32 round-off for BERT's epsilon 1e-12).
+
+Placements:
+
+- `"interleave"` (LEMON): block i is followed by its own copies; with
+  `L' - L` new blocks spread evenly over the source blocks (any `L' >= L`,
+  several copies per block when `L' > 2L`).
+- `"stack"`: copies of the whole stack, in order, appended after the last
+  block (StackBERT-style); the post-LN chain is then the last source block's.
+
+References:
+- Wang et al., "LEMON: Lossless model expansion", ICLR 2024, section 4.2.
+- Gong et al., "Efficient training of BERT by progressively stacking",
+  ICML 2019.
+"""
+
+import dataclasses
+
+PLACEMENTS = ("interleave", "stack")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One block of the target model.
+
+    Attributes:
+        template: index of the source block whose weights it copies.
+        is_new: True for an inserted block (its outputs are cancelled).
+        input_norm_identity: post-LN: its first LayerNorm becomes identity.
+        output_norm_from: post-LN: index of the source block whose second
+            LayerNorm it carries, or None for identity.
+    """
+
+    template: int
+    is_new: bool
+    input_norm_identity: bool
+    output_norm_from: object
+
+    def describe(self):
+        return f"{'new<-' if self.is_new else ''}{self.template}"
+
+
+def copies_per_block(num_source, num_new):
+    """How many new blocks follow each source block under "interleave".
+
+    Evenly spread: block i gets `num_new // L` copies, and the remainder
+    goes to evenly spaced blocks (`floor((m + 0.5) L / rem)`).
+    """
+    counts = [num_new // num_source] * num_source
+    rem = num_new % num_source
+    for m in range(rem):
+        counts[int((m + 0.5) * num_source / rem)] += 1
+    return counts
+
+
+def depth_plan(num_source, num_target, placement="interleave"):
+    """The list of `BlockSpec` for growing `num_source` blocks to `num_target`."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+    if num_target < num_source:
+        raise ValueError(
+            f"layers={num_target} would remove blocks: the source has "
+            f"{num_source}; expansion can only add (layers >= {num_source})."
+        )
+    num_new = num_target - num_source
+    if placement == "interleave":
+        chains = [(i, [i] * c) for i, c in enumerate(copies_per_block(num_source, num_new))]
+    else:
+        chains = [(i, []) for i in range(num_source - 1)]
+        chains.append((num_source - 1, [m % num_source for m in range(num_new)]))
+    specs = []
+    for anchor, templates in chains:
+        specs.append(BlockSpec(anchor, False, False, None if templates else anchor))
+        for n, template in enumerate(templates):
+            last = n == len(templates) - 1
+            specs.append(BlockSpec(template, True, True, anchor if last else None))
+    return specs

@@ -1,0 +1,83 @@
+"""The expansion session: runs layer rules, writes target variables, checks coverage.
+
+Rules (see `keras_lemon.rules`) compute every target weight in NumPy; the
+session reads source variables once, assigns each computed array to its
+target variable (checking the shape), records a `PlanRow` for it, and at the
+end checks that every target variable was written exactly once, so that no
+expanded model can silently keep a random initialization.
+"""
+
+import keras
+import numpy as np
+
+from keras_lemon.plan import PlanRow
+from keras_lemon.rules.registry import ExpansionContext
+from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.registry import get_rule
+
+
+class ExpansionSession:
+    """Runs rules for one expansion (or one plan when `planning=True`).
+
+    Args:
+        method: `"lemon"` or `"net2net"`.
+        seed: int, seeds every random draw (with each variable's path).
+        planning: when True there is no target model; rules run on the
+            source weights only and the session records the plan.
+    """
+
+    def __init__(self, method, seed, planning=False):
+        self.method = method
+        self.seed = int(seed)
+        self.planning = planning
+        self.rows = []
+        self._written = {}
+
+    def read(self, variable):
+        return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+
+    def expand_layer(self, source, target, path, dims, flags=None):
+        """Expands `source` into `target` (None when planning) with its rule."""
+        rule = get_rule(source)
+        if rule is None:
+            if not source.weights:
+                return
+            raise ExpansionError(
+                f"Layer '{path}' ({type(source).__name__}) has weights but no "
+                "expansion rule. Register one with "
+                f"`keras_lemon.register_rule({type(source).__name__})`."
+            )
+        if target is not None and type(target) is not type(source):
+            raise ExpansionError(
+                f"Layer '{path}': the target layer is a {type(target).__name__}, "
+                f"the source a {type(source).__name__}."
+            )
+        rule(source, ExpansionContext(source, target, path, dims, flags, self))
+
+    def record(self, ctx, name, source_shape, value, how):
+        path = f"{ctx.path}/{name}"
+        self.rows.append(PlanRow(path, source_shape, tuple(value.shape), how))
+        if ctx.target is None:
+            return
+        var = getattr(ctx.target, name)
+        if tuple(var.shape) != tuple(value.shape):
+            raise ExpansionError(
+                f"Layer '{ctx.path}': rule computed {name} of shape "
+                f"{tuple(value.shape)} but the target variable has shape "
+                f"{tuple(var.shape)}. The target config and the requested "
+                "sizes disagree."
+            )
+        if id(var) in self._written:
+            raise ExpansionError(f"Variable '{var.path}' was written twice ({path}).")
+        var.assign(value)
+        self._written[id(var)] = path
+
+    def check_complete(self, target_model):
+        """Raises if any target weight was not written by a rule."""
+        missing = [v.path for v in target_model.weights if id(v) not in self._written]
+        if missing:
+            raise ExpansionError(
+                "No rule wrote these target variables (they would keep their "
+                f"random initialization): {missing[:10]}"
+                + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            )

@@ -1,0 +1,142 @@
+"""`expand_model` and `expansion_plan`: the public entry points."""
+
+import numpy as np
+
+from keras_lemon.adapters import keras_hub_models
+from keras_lemon.depth import PLACEMENTS
+from keras_lemon.depth import depth_plan
+from keras_lemon.engine import ExpansionSession
+from keras_lemon.plan import ExpansionPlan
+from keras_lemon.sizes import resolve_sizes
+from keras_lemon.sizes import transformer_dims
+
+METHODS = ("lemon", "net2net")
+
+
+def _prepare(model, hidden, layers, heads, intermediate, placement, method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+    family = keras_hub_models.find_family(model)
+    if family is None:
+        raise ValueError(
+            f"expand_model does not support {type(model).__name__} "
+            f"('{getattr(model, 'name', model)}'). Supported: "
+            f"{', '.join(keras_hub_models.supported_classes())}."
+        )
+    backbone = getattr(model, "backbone", model)
+    source = family.sizes(backbone)
+    target = resolve_sizes(
+        source, hidden=hidden, layers=layers, heads=heads,
+        intermediate=intermediate, post_ln=family.post_ln,
+        model_name=f"{type(model).__name__} '{model.name}' ({family.name})",
+    )
+    dims = transformer_dims(source, target, family.stream_pattern)
+    depth = depth_plan(source.layers, target.layers, placement)
+    return family, source, target, dims, depth
+
+
+def expansion_plan(model, *, hidden=None, layers=None, heads=None,
+                   intermediate=None, placement="interleave", method="lemon"):
+    """What `expand_model` would do, without building the target model.
+
+    Runs every layer rule on the source weights and records, for each target
+    variable, its source and target shapes and the rule used. Invalid
+    requests raise the same errors as `expand_model`.
+
+    Args: as `expand_model` (no seed: the plan does not depend on it).
+
+    Returns:
+        An `ExpansionPlan`; `print(plan)` shows a table.
+
+    Example:
+
+    >>> import keras_hub
+    >>> bert = keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=2,
+    ...     num_heads=2, hidden_dim=32, intermediate_dim=64)
+    >>> plan = expansion_plan(bert, hidden=64, layers=4)
+    >>> plan.target_sizes["heads"]
+    4
+    """
+    family, source, target, dims, depth = _prepare(
+        model, hidden, layers, heads, intermediate, placement, method
+    )
+    session = ExpansionSession(method, seed=0, planning=True)
+    family.expand(session, model, None, dims, depth)
+    return ExpansionPlan(
+        model_class=type(model).__name__,
+        source_sizes=source.as_dict(),
+        target_sizes=target.as_dict(),
+        dims=dims,
+        blocks=[s.describe() for s in depth],
+        rows=session.rows,
+        method=method,
+    )
+
+
+def expand_model(model, *, hidden=None, layers=None, heads=None,
+                 intermediate=None, placement="interleave", method="lemon",
+                 seed=None):
+    """Grows a transformer in width and depth without changing its outputs.
+
+    Builds a new model of the same class from the source's config at the
+    larger sizes and sets every weight so that, in inference mode, the new
+    model computes the same outputs as the source (up to float round-off;
+    post-LN depth growth up to `O(epsilon / var)`, see `keras_lemon.depth`).
+    Hidden units, heads and FFN units are copied circularly; the weights that
+    read copied units are split over the copies with random, unequal shares
+    (LEMON's symmetry breaking); new blocks add exactly zero.
+
+    The source model is never modified.
+
+    Args:
+        model: a keras-hub `BertBackbone`, `BertMaskedLM`, `BertTextClassifier`,
+            `ViTBackbone` or `ViTImageClassifier`.
+        hidden: int. Target hidden size (default: unchanged). Post-LN models
+            (BERT) need a multiple of the source's; pre-LN (ViT) any larger.
+        layers: int. Target number of blocks (default: unchanged).
+        heads: int. Target number of heads. Default: grows with `hidden` so
+            that the head size stays; given explicitly, the head size may grow
+            (exactly: the query is rescaled).
+        intermediate: int. Target FFN width (default: keeps
+            `intermediate / hidden`).
+        placement: `"interleave"` (each block followed by its copies, LEMON's
+            default) or `"stack"` (copies of the stack appended).
+        method: `"lemon"` (random fan-in split, new blocks whose weights
+            cancel) or `"net2net"` (equal split, zero new blocks: the
+            Net2Net / bert2BERT-FPI baseline).
+        seed: int. Seeds LEMON's random draws; the same seed gives the same
+            weights on every backend. Default: a fresh random seed.
+
+    Returns:
+        A new `keras.Model` of the same class as `model`.
+
+    Raises:
+        ValueError: for shrinking, heads that do not fit the width, a post-LN
+            width that is not a multiple, or an unsupported model; the message
+            names the model or layer and the possible choices.
+
+    Example:
+
+    >>> import keras_hub
+    >>> small = keras_hub.models.BertBackbone(vocabulary_size=100,
+    ...     num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64)
+    >>> big = expand_model(small, hidden=64, layers=4, seed=0)
+    >>> big.num_layers, big.hidden_dim, big.num_heads
+    (4, 64, 4)
+
+    References:
+        Wang et al., "LEMON: Lossless model expansion", ICLR 2024,
+        arXiv:2310.07999.
+    """
+    family, source, target, dims, depth = _prepare(
+        model, hidden, layers, heads, intermediate, placement, method
+    )
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
+    new_model = family.build(model, target, dims)
+    session = ExpansionSession(method, seed)
+    family.expand(session, model, new_model, dims, depth)
+    session.check_complete(new_model)
+    return new_model

@@ -1,0 +1,217 @@
+"""Rules for Keras core layers: Dense, EinsumDense, LayerNormalization,
+Embedding, Conv2D and MultiHeadAttention.
+
+Each rule reads the roles of its dimensions from `ctx.dims`:
+
+- `"input"`: the activation the layer reads (fan-in axes),
+- `"output"`: the activation it writes (fan-out axes),
+- attention also `"heads"`, `"key_dim"`, `"value_dim"`.
+
+References:
+- Wang et al., "LEMON: Lossless model expansion", ICLR 2024, section 4.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_lemon.index_maps import DimExpansion
+from keras_lemon.rules.registry import register_rule
+
+
+def normalized_dim(stream):
+    """The pattern of a LayerNorm's output, given the pattern of its input.
+
+    An `average`-expanded input normalizes to `zero` extras (pre-LN); a
+    `circular` input with no partial copy (D a multiple of d) stays circular.
+    A partial circular copy changes the mean and variance: no exact LayerNorm.
+    Returns None in that case.
+    """
+    if stream.is_identity or stream.pattern == "average":
+        return DimExpansion(stream.source, stream.target, "zero") if stream.extras else stream
+    if stream.pattern == "circular" and stream.extras == 0:
+        return stream
+    return None
+
+
+def _check_activation(layer, ctx, output):
+    """`average`/`zero` extras survive only activations with f(mean)=mean(f) / f(0)=0."""
+    activation = getattr(layer, "activation", None)
+    if output.extras == 0 or output.pattern == "circular" or activation is None:
+        return
+    if activation is keras.activations.linear:
+        return
+    name = getattr(activation, "__name__", str(activation))
+    if output.pattern == "zero":
+        zero = keras.ops.convert_to_numpy(activation(np.zeros((1,), "float32")))
+        if float(zero[0]) == 0.0:
+            return
+    raise ctx.error(
+        f"its activation '{name}' is applied before it writes into an "
+        f"'{output.pattern}'-expanded activation ({output.describe()}); "
+        f"{output.pattern} extras are exact only through linear maps. Use a "
+        f"width that is a multiple of {output.source}, or move the activation."
+    )
+
+
+@register_rule(keras.layers.Dense)
+def expand_dense(layer, ctx):
+    """Dense: kernel `(in, out)` fan-in on axis 0, fan-out on axis 1."""
+    inp, out = ctx.dims["input"], ctx.dims["output"]
+    _check_activation(layer, ctx, out)
+    if ctx.flags.get("zero_output"):
+        ctx.cancel("kernel", {0: inp}, {1: out})
+        if layer.use_bias:
+            ctx.zeros("bias", {0: out})
+        return
+    ctx.fan_in("kernel", {0: inp}, {1: out})
+    if layer.use_bias:
+        ctx.fan_out("bias", {0: out})
+
+
+@register_rule(keras.layers.EinsumDense)
+def expand_einsum_dense(layer, ctx):
+    """EinsumDense: the enclosing rule names the kernel's axes in `ctx.flags`.
+
+    Flags: `fan_in` and `fan_out` (`{kernel axis: dim}`), `scale` (default 1),
+    `zero_output`. The bias spans the kernel's trailing output axes.
+    """
+    if "fan_in" not in ctx.flags:
+        raise ctx.error(
+            "an EinsumDense on its own has no known input/output axes; expand it "
+            "from the rule of the layer that owns it, or register a rule."
+        )
+    fan_in, fan_out = ctx.flags["fan_in"], ctx.flags.get("fan_out", {})
+    kernel_rank = len(layer.kernel.shape)
+    bias_rank = len(layer.bias.shape) if layer.bias is not None else 0
+
+    def on_bias(axes):
+        shift = kernel_rank - bias_rank
+        return {a - shift: d for a, d in axes.items() if a >= shift}
+
+    if ctx.flags.get("zero_output"):
+        ctx.cancel("kernel", fan_in, fan_out)
+        if layer.bias is not None:
+            ctx.zeros("bias", on_bias(fan_out))
+        return
+    scale = ctx.flags.get("scale", 1.0)
+    ctx.fan_in("kernel", fan_in, fan_out, scale=scale)
+    if layer.bias is not None:
+        bias_in = on_bias(fan_in)
+        if bias_in:
+            # A bias on an axis that is split like fan-in (the query's head
+            # size): its copies must sum to the source bias as well.
+            ctx.fan_in("bias", bias_in, on_bias(fan_out), scale=scale)
+        else:
+            ctx.fan_out("bias", on_bias(fan_out), scale=scale)
+
+
+@register_rule(keras.layers.LayerNormalization)
+def expand_layer_norm(layer, ctx):
+    """LayerNorm: `gamma' = eta gamma`, `beta' = beta` on copies, `eps' = eta^2 eps`.
+
+    With an `average` input (`eta^2 = k d / D`) the output is `zero`-expanded;
+    with a circular input of a multiple width it is circular (`eta = 1`).
+    Flags: `identity` (gamma 1, beta 0: post-LN depth growth), `output_scale`
+    (multiplies gamma and beta: tied output embeddings).
+    """
+    inp = ctx.dims["input"]
+    if len(np.atleast_1d(layer.axis)) != 1:
+        raise ctx.error(f"normalizes over axes {layer.axis}; only one feature axis is supported.")
+    if getattr(layer, "rms_scaling", False):
+        raise ctx.error("rms_scaling=True is not supported (use an RMSNorm rule).")
+    out = normalized_dim(inp)
+    if out is None:
+        raise ctx.error(
+            f"its input is expanded {inp.describe()}: a partial circular copy "
+            "changes the mean and variance, so no LayerNorm can be exact. Use a "
+            f"width that is a multiple of {inp.source} (post-LN models such as "
+            "BERT need this), e.g. "
+            + ", ".join(str(inp.source * m) for m in (2, 3, 4))
+            + "."
+        )
+    eta = math.sqrt(inp.variance_ratio)
+    if ctx.target is not None:
+        want = layer.epsilon * inp.variance_ratio
+        if not math.isclose(ctx.target.epsilon, want, rel_tol=1e-6):
+            raise ctx.error(
+                f"the target epsilon is {ctx.target.epsilon}, but an exact "
+                f"expansion needs epsilon * k*d/D = {want} (build the target "
+                "with the scaled epsilon)."
+            )
+    scale = ctx.flags.get("output_scale", 1.0)
+    if ctx.flags.get("identity"):
+        if layer.scale:
+            ctx.set("gamma", np.ones(inp.target, np.float32), "ones (identity)")
+        if layer.center:
+            ctx.set("beta", np.zeros(inp.target, np.float32), "zeros (identity)")
+        return
+    if layer.scale:
+        gamma = out.expand(ctx.source_value("gamma")) * eta * scale
+        if out.pattern == "zero" and out.extras:
+            # Extra units normalize to exactly 0, so their gamma is free: keep
+            # it random around the source's mean so that they can train.
+            source_gamma = ctx.source_value("gamma")
+            noise = ctx.noise("gamma", (out.extras,), source_gamma)
+            gamma[out.copies * out.source :] = np.mean(source_gamma) + noise
+        ctx.set("gamma", gamma, f"copies x eta={eta:.4g}" + (f" x{scale:.4g}" if scale != 1 else "")
+                + (", extras random" if out.extras else ""))
+    if layer.center:
+        ctx.fan_out("beta", {0: out}, scale=scale)
+
+
+@register_rule(keras.layers.Embedding)
+def expand_embedding(layer, ctx):
+    """Embedding: the feature axis is fan-out with the pattern of `"output"`."""
+    ctx.fan_out("embeddings", {1: ctx.dims["output"]})
+
+
+@register_rule(keras.layers.Conv2D)
+def expand_conv2d(layer, ctx):
+    """Conv2D: kernel `(h, w, in, out)`: fan-in on axis 2, fan-out on axis 3."""
+    if layer.groups != 1:
+        raise ctx.error("grouped convolutions are not supported.")
+    inp, out = ctx.dims["input"], ctx.dims["output"]
+    _check_activation(layer, ctx, out)
+    ctx.fan_in("kernel", {2: inp}, {3: out})
+    if layer.use_bias:
+        ctx.fan_out("bias", {0: out})
+
+
+@register_rule(keras.layers.MultiHeadAttention)
+def expand_multi_head_attention(layer, ctx):
+    """Multi-head attention: heads circular, head sizes may grow, output fan-out.
+
+    Kernels: query/key/value `(in, heads, head)`, attention_output
+    `(heads, value_head, out)`. Query, key and value heads are copied
+    together. When the key head size grows from h to H, key columns are
+    circular, query columns are split like fan-in so that `q'.k' = q.k`, then
+    scaled by `sqrt(H/h)` to undo the change of the `1/sqrt(key_dim)` scale.
+
+    Roles: `"input"` (query, key and value inputs), `"output"`, `"heads"`,
+    `"key_dim"`, `"value_dim"`; flag `zero_output` for new blocks.
+    """
+    if getattr(layer, "_use_gate", False):
+        raise ctx.error("gated attention (use_gate=True) is not supported.")
+    inp, out = ctx.dims["input"], ctx.dims["output"]
+    heads, key, value = ctx.dims["heads"], ctx.dims["key_dim"], ctx.dims["value_dim"]
+    for name, dim, size in (("heads", heads, layer.num_heads), ("key_dim", key, layer.key_dim),
+                            ("value_dim", value, layer.value_dim or layer.key_dim)):
+        if dim.source != size:
+            raise ctx.error(f"{name} is {size} but the plan expands {dim.describe()}.")
+    if key.extras and not key.is_identity and key.pattern != "circular":
+        raise ctx.error("the key head size must grow circularly.")
+    query_split = {} if key.is_identity else {2: key}
+    ctx.expand_sublayer(
+        "_query_dense",
+        flags={"fan_in": {0: inp, **query_split}, "fan_out": {1: heads},
+               "scale": math.sqrt(key.target / key.source)},
+    )
+    ctx.expand_sublayer("_key_dense", flags={"fan_in": {0: inp}, "fan_out": {1: heads, 2: key}})
+    ctx.expand_sublayer("_value_dense", flags={"fan_in": {0: inp}, "fan_out": {1: heads, 2: value}})
+    ctx.expand_sublayer(
+        "_output_dense",
+        flags={"fan_in": {0: heads, 1: value}, "fan_out": {2: out},
+               "zero_output": ctx.flags.get("zero_output", False)},
+    )

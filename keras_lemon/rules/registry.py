@@ -1,0 +1,246 @@
+"""The rule registry and the context a rule works in.
+
+A *rule* says how one Keras layer class grows. It is a function
+`rule(layer, ctx)` that reads the source `layer`'s weights and writes the
+expanded weights of its counterpart in the target model through `ctx`
+(an `ExpansionContext`). Rules never see backend tensors: `ctx` hands them
+NumPy arrays and takes NumPy arrays back, so the same seed gives the same
+expanded weights on every backend.
+
+The roles of the layer's dimensions (which axis is the residual stream, with
+which pattern; the heads; the FFN width...) come in `ctx.dims`, filled by the
+model adapter or by the rule of the enclosing layer. Composite layers
+(attention, transformer blocks) expand their sublayers with
+`ctx.expand_sublayer(attribute, **dims)`.
+
+Example:
+
+```python
+import keras
+import keras_lemon
+
+class Scale(keras.layers.Layer):
+    def build(self, shape):
+        self.scale = self.add_weight(shape=(shape[-1],), name="scale")
+    def call(self, x):
+        return x * self.scale
+
+@keras_lemon.register_rule(Scale)
+def expand_scale(layer, ctx):
+    # An output axis: copies follow the pattern of the activation.
+    ctx.fan_out("scale", {0: ctx.dims["output"]})
+```
+"""
+
+import zlib
+
+import keras
+import numpy as np
+
+from keras_lemon import index_maps
+
+_RULES = {}
+
+
+def register_rule(layer_class, rule=None):
+    """Registers how to expand a layer class (usable as a decorator).
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass. Subclasses use the rule
+            of their nearest registered base class.
+        rule: function `rule(layer, ctx)`; see `ExpansionContext`.
+
+    Returns:
+        The rule (so that `@register_rule(MyLayer)` keeps the function).
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(
+            f"register_rule needs a keras.layers.Layer subclass, got {layer_class!r}."
+        )
+
+    def decorator(fn):
+        if not callable(fn):
+            raise TypeError(f"A rule must be callable, got {fn!r}.")
+        _RULES[layer_class] = fn
+        return fn
+
+    return decorator if rule is None else decorator(rule)
+
+
+def get_rule(layer):
+    """The rule for `layer`'s class (or nearest registered base), or None."""
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+class ExpansionError(ValueError):
+    """A requested expansion cannot be done exactly (a `ValueError`)."""
+
+
+class ExpansionContext:
+    """What a rule gets: source layer, target layer, roles, and writers.
+
+    Attributes:
+        source: the source layer (never modified).
+        target: the target layer, or `None` when only planning.
+        path: the target layer's path (`"transformer_layer_3/..."`), used in
+            messages, in the plan and to seed the random draws.
+        dims: dict of role name -> `index_maps.DimExpansion`. Common names:
+            `"input"`, `"output"` (the layer's input/output feature axes),
+            `"heads"`, `"key_dim"`, `"value_dim"`, `"intermediate"`,
+            `"stream"` (the residual stream).
+        flags: dict of per-layer instructions from the enclosing rule, e.g.
+            `zero_output=True` for a new block's output projection.
+        method: `"lemon"` (random fan-in, cancelling new blocks) or
+            `"net2net"` (equal split, zero new blocks).
+    """
+
+    def __init__(self, source, target, path, dims, flags, session):
+        self.source = source
+        self.target = target
+        self.path = path
+        self.dims = dict(dims)
+        self.flags = dict(flags or {})
+        self._session = session
+
+    @property
+    def method(self):
+        return self._session.method
+
+    @property
+    def planning(self):
+        return self.target is None
+
+    # --- reading -------------------------------------------------------------
+
+    def variable(self, name, layer=None):
+        """The source variable `name` (an attribute of the layer)."""
+        layer = self.source if layer is None else layer
+        var = getattr(layer, name, None)
+        if not isinstance(var, keras.Variable):
+            raise ExpansionError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) has no variable "
+                f"attribute {name!r}; its rule does not match this layer "
+                "(LoRA-enabled or quantized layers are not supported)."
+            )
+        return var
+
+    def source_value(self, name, layer=None):
+        """The source variable `name` as a float32 NumPy array."""
+        return self._session.read(self.variable(name, layer))
+
+    # --- writing -------------------------------------------------------------
+
+    def set(self, name, value, how):
+        """Writes `value` to the target variable `name`; `how` goes in the plan."""
+        value = np.asarray(value, dtype=np.float32)
+        source = self.variable(name)
+        self._session.record(self, name, tuple(source.shape), value, how)
+
+    def fan_out(self, name, axes, scale=1.0, layer=None):
+        """Target = source expanded on its output `axes` (`{axis: dim}`)."""
+        value = index_maps.fan_out(self.source_value(name, layer), axes)
+        self.set(name, value * scale if scale != 1.0 else value, _how("fan-out", axes, scale))
+
+    def fan_in(self, name, fan_in, fan_out=None, scale=1.0):
+        """Target = source split over the copies of its inputs (see `fan_in_split`).
+
+        Args:
+            name: variable attribute name.
+            fan_in: `{axis: dim}` of the axes that read expanded activations
+                (for a query kernel whose head size grows, also that axis).
+            fan_out: `{axis: dim}` of output axes, expanded first.
+            scale: multiplies the result (query scale when key_dim grows).
+        """
+        fan_out = fan_out or {}
+        weight = index_maps.fan_out(self.source_value(name), fan_out)
+        noise = self.noise(name, _target_shape(weight.shape, fan_in), weight)
+        value = index_maps.fan_in_split(weight, noise, fan_in)
+        how = _how("fan-in", fan_in) + (" " + _how("fan-out", fan_out) if fan_out else "")
+        self.set(name, value * scale if scale != 1.0 else value, how + _scale_note(scale))
+
+    def cancel(self, name, fan_in, fan_out=None):
+        """Target weights whose inputs' copies sum to zero: the layer outputs 0."""
+        fan_out = fan_out or {}
+        source = self.source_value(name)
+        shape = _target_shape(_target_shape(source.shape, fan_out), fan_in)
+        value = index_maps.cancel(self.noise(name, shape, source), fan_in)
+        kind = "zero" if self.method == "net2net" else "cancel (copies sum to 0)"
+        self.set(name, value, f"{kind} {_how('fan-in', fan_in).split(' ', 1)[1]}")
+
+    def zeros(self, name, axes):
+        """Target = zeros of the source shape expanded on `axes`."""
+        shape = _target_shape(self.variable(name).shape, axes)
+        self.set(name, np.zeros(shape, np.float32), "zeros")
+
+    def noise(self, name, shape, like):
+        """LEMON's random fan-in matrix `R` for variable `name` (zeros for net2net).
+
+        Drawn from N(0, std(like)^2) with a generator seeded by the expansion
+        seed and the target variable's path, so it does not depend on the
+        order in which rules run or on the backend.
+        """
+        if self.method == "net2net" or self.planning:
+            return np.zeros(shape, np.float32)
+        std = float(np.std(like)) if np.size(like) > 1 else 0.0
+        std = std if std > 0 else 0.02
+        rng = np.random.default_rng(
+            [self._session.seed, zlib.crc32(f"{self.path}/{name}".encode())]
+        )
+        return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+
+    # --- sublayers -----------------------------------------------------------
+
+    def expand_sublayer(self, attribute, *, index=None, source=None, name=None,
+                        flags=None, **dims):
+        """Expands the sublayer held in `attribute` with its registered rule.
+
+        Args:
+            attribute: attribute name of the sublayer (same on source and
+                target), e.g. `"_query_dense"`.
+            index: for an attribute holding a list of layers (blocks), the
+                position in the *target*'s list.
+            source: expand from this source layer instead of the same
+                attribute (and index) of `ctx.source`: a new block copying
+                a source block, a layer norm carried from another block.
+            name: the target sublayer's name in paths (default: the source's).
+            flags: per-layer instructions for the sublayer's rule.
+            **dims: role overrides; other roles are inherited.
+        """
+        if source is None:
+            source = getattr(self.source, attribute)
+            source = source if index is None else source[index]
+        target = None
+        if self.target is not None:
+            target = getattr(self.target, attribute)
+            target = target if index is None else target[index]
+        name = name or (source.name if target is None else target.name)
+        self._session.expand_layer(
+            source, target, f"{self.path}/{name}", {**self.dims, **dims}, flags
+        )
+
+    def error(self, message):
+        """An `ExpansionError` naming this layer."""
+        return ExpansionError(
+            f"Layer '{self.path}' ({type(self.source).__name__}): {message}"
+        )
+
+
+def _target_shape(shape, axes):
+    shape = list(shape)
+    for axis, dim in axes.items():
+        shape[axis] = dim.target
+    return tuple(shape)
+
+
+def _how(kind, axes, scale=1.0):
+    parts = ", ".join(
+        f"ax{a}:{d.describe()}" for a, d in sorted(axes.items()) if not d.is_identity
+    )
+    return f"{kind} [{parts}]" + _scale_note(scale) if parts else "copy"
+
+
+def _scale_note(scale):
+    return "" if scale == 1.0 else f" x{scale:.4g}"

@@ -1,0 +1,98 @@
+"""Resolving requested sizes into target sizes and the roles of dimensions."""
+
+import dataclasses
+
+from keras_lemon.index_maps import DimExpansion
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSizes:
+    """The sizes that LEMON grows: depth, width, heads and FFN width."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+    @property
+    def head_dim(self):
+        return self.hidden // self.heads
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
+                  intermediate=None, post_ln=False, model_name="model"):
+    """Fills in defaults and checks a requested expansion.
+
+    Defaults: `layers` and `hidden` unchanged; `heads` grows with `hidden` so
+    that the head size stays; `intermediate` keeps `intermediate / hidden`.
+
+    Args:
+        source: `TransformerSizes` of the source model.
+        hidden, layers, heads, intermediate: requested target sizes or None.
+        post_ln: True for post-LN models, whose width must be a multiple.
+        model_name: used in error messages.
+
+    Returns:
+        The target `TransformerSizes`.
+
+    Raises:
+        ValueError: naming the model, what was asked and what is possible.
+    """
+    for name, value in (("hidden", hidden), ("layers", layers), ("heads", heads),
+                        ("intermediate", intermediate)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise TypeError(f"{name} must be a positive int, got {value!r}.")
+    hidden = source.hidden if hidden is None else hidden
+    layers = source.layers if layers is None else layers
+    for name, asked, have in (("hidden", hidden, source.hidden), ("layers", layers, source.layers),
+                              ("heads", heads, source.heads),
+                              ("intermediate", intermediate, source.intermediate)):
+        if asked is not None and asked < have:
+            raise ValueError(
+                f"{model_name}: {name}={asked} would shrink the model ({name} is "
+                f"{have}); LEMON only grows: choose {name} >= {have}."
+            )
+    if post_ln and hidden % source.hidden:
+        raise ValueError(
+            f"{model_name} is post-LN: hidden must be a multiple of "
+            f"{source.hidden} for an exact LayerNorm expansion, got {hidden}; "
+            f"possible: {', '.join(str(source.hidden * m) for m in (2, 3, 4))}, ..."
+        )
+    valid_heads = [n for n in range(source.heads, hidden + 1)
+                   if hidden % n == 0 and hidden // n >= source.head_dim]
+    if heads is None:
+        heads, rem = divmod(source.heads * hidden, source.hidden)
+        if rem or heads not in valid_heads:
+            raise ValueError(
+                f"{model_name}: with hidden={hidden}, keeping the head size "
+                f"{source.head_dim} needs {source.heads * hidden / source.hidden:g} "
+                f"heads, not an integer. Pass heads= explicitly; valid choices: "
+                f"{valid_heads}."
+            )
+    elif heads not in valid_heads:
+        raise ValueError(
+            f"{model_name}: heads={heads} does not fit hidden={hidden} (heads "
+            f"must divide hidden and keep a head size >= {source.head_dim}); "
+            f"valid choices: {valid_heads}."
+        )
+    if intermediate is None:
+        intermediate = round(source.intermediate * hidden / source.hidden)
+    return TransformerSizes(layers, hidden, heads, intermediate)
+
+
+def transformer_dims(source, target, stream_pattern):
+    """Roles of a transformer's dimensions (`DimExpansion` each).
+
+    `stream` uses `stream_pattern` ("average" for pre-LN, "circular" for
+    post-LN); heads, head sizes and the FFN width are circular.
+    """
+    return {
+        "stream": DimExpansion(source.hidden, target.hidden, stream_pattern),
+        "heads": DimExpansion(source.heads, target.heads, "circular"),
+        "key_dim": DimExpansion(source.head_dim, target.head_dim, "circular"),
+        "value_dim": DimExpansion(source.head_dim, target.head_dim, "circular"),
+        "intermediate": DimExpansion(source.intermediate, target.intermediate, "circular"),
+    }

@@ -54,8 +54,11 @@ class ExpansionSession:
             )
         rule(source, ExpansionContext(source, target, path, dims, flags, self))
 
-    def record(self, ctx, name, source_shape, value, how):
-        path = f"{ctx.path}/{name}"
+    def record(self, ctx, name, source_variable, value, how):
+        # Paths use the variable's own name ("output_bias"), not the Python
+        # attribute ("_bias"), so that they match `target.weights` paths.
+        path = f"{ctx.path}/{source_variable.name}"
+        source_shape = tuple(source_variable.shape)
         self.rows.append(PlanRow(path, source_shape, tuple(value.shape), how))
         if ctx.target is None:
             return

@@ -136,8 +136,7 @@ class ExpansionContext:
     def set(self, name, value, how):
         """Writes `value` to the target variable `name`; `how` goes in the plan."""
         value = np.asarray(value, dtype=np.float32)
-        source = self.variable(name)
-        self._session.record(self, name, tuple(source.shape), value, how)
+        self._session.record(self, name, self.variable(name), value, how)
 
     def fan_out(self, name, axes, scale=1.0, layer=None):
         """Target = source expanded on its output `axes` (`{axis: dim}`)."""
@@ -168,7 +167,7 @@ class ExpansionContext:
         shape = _target_shape(_target_shape(source.shape, fan_out), fan_in)
         value = index_maps.cancel(self.noise(name, shape, source), fan_in)
         kind = "zero" if self.method == "net2net" else "cancel (copies sum to 0)"
-        self.set(name, value, f"{kind} {_how('fan-in', fan_in).split(' ', 1)[1]}")
+        self.set(name, value, f"{kind} [{_axes_note(fan_in)}]")
 
     def zeros(self, name, axes):
         """Target = zeros of the source shape expanded on `axes`."""
@@ -235,11 +234,15 @@ def _target_shape(shape, axes):
     return tuple(shape)
 
 
-def _how(kind, axes, scale=1.0):
-    parts = ", ".join(
+def _axes_note(axes):
+    return ", ".join(
         f"ax{a}:{d.describe()}" for a, d in sorted(axes.items()) if not d.is_identity
     )
-    return f"{kind} [{parts}]" + _scale_note(scale) if parts else "copy"
+
+
+def _how(kind, axes, scale=1.0):
+    parts = _axes_note(axes)
+    return (f"{kind} [{parts}]" if parts else "copy") + _scale_note(scale)
 
 
 def _scale_note(scale):

@@ -1,0 +1,86 @@
+"""LEMON breaks symmetry (Net2Net does not), and expanded models train."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from conftest import bert_backbone
+from conftest import bert_inputs
+from conftest import randomize
+from conftest import vit_backbone
+from conftest import vit_inputs
+
+import keras_lemon
+from keras_lemon import DimExpansion
+
+
+def _ffn_dense(model):
+    block = model.backbone.transformer_layers[0]
+    return block._feedforward_intermediate_dense, block._feedforward_output_dense
+
+
+def _copy_activations(model, source_hidden, source_ffn):
+    """FFN intermediate activations of units j and their copies j + F.
+
+    The block's FFN reads the (circular) stream; we feed it a random
+    expanded input x' = M x, as the model does.
+    """
+    first, _ = _ffn_dense(model)
+    x = np.random.default_rng(5).normal(size=(8, source_hidden)).astype("float32")
+    stream = DimExpansion(source_hidden, first.kernel.shape[0], "circular")
+    act = keras.ops.convert_to_numpy(first(stream.expand(x)))
+    return act[:, :source_ffn], act[:, source_ffn : 2 * source_ffn]
+
+
+def _classifier(method):
+    source = keras_hub.models.BertTextClassifier(
+        bert_backbone(dropout=0.0), num_classes=3, dropout=0.0
+    )
+    randomize(source, 1)
+    big = keras_lemon.expand_model(source, hidden=32, method=method, seed=0)
+    return source, big
+
+
+@pytest.mark.parametrize("method", ["lemon", "net2net"])
+def test_symmetry_breaking_after_one_step(method):
+    source, big = _classifier(method)
+    _, second = _ffn_dense(big)
+    rows = keras.ops.convert_to_numpy(second.kernel)
+    copies_equal = np.allclose(rows[:32], rows[32:64], atol=1e-6)
+    assert copies_equal == (method == "net2net")
+
+    a, b = _copy_activations(big, 16, 32)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # lossless start
+
+    big.compile(optimizer=keras.optimizers.SGD(0.5),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = bert_inputs(seed=3)
+    y = np.array([0, 1, 2])
+    big.fit(x, y, batch_size=3, epochs=1, verbose=0)
+
+    a, b = _copy_activations(big, 16, 32)
+    drift = np.abs(a - b).max() / np.abs(a).max()
+    if method == "lemon":
+        assert drift > 1e-3, drift
+    else:
+        assert drift < 1e-5, drift
+
+
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_expanded_model_trains(family):
+    if family == "bert":
+        source = randomize(keras_hub.models.BertTextClassifier(bert_backbone(), num_classes=3), 1)
+        x, y = bert_inputs(seed=4), np.array([0, 1, 2])
+        kwargs = dict(hidden=32, layers=3)
+    else:
+        source = randomize(keras_hub.models.ViTImageClassifier(vit_backbone(), num_classes=3), 1)
+        x, y = vit_inputs(seed=4), np.array([2, 0, 1])
+        kwargs = dict(hidden=24, layers=3)
+    big = keras_lemon.expand_model(source, seed=0, **kwargs)
+    big.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = big.evaluate(x, y, verbose=0)
+    history = big.fit(x, y, batch_size=3, epochs=8, verbose=0)
+    after = big.evaluate(x, y, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert after < before, (before, after)

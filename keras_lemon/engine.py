@@ -10,6 +10,7 @@ expanded model can silently keep a random initialization.
 import keras
 import numpy as np
 
+from keras_lemon import deferred
 from keras_lemon.plan import PlanRow
 from keras_lemon.rules.registry import ExpansionContext
 from keras_lemon.rules.registry import ExpansionError
@@ -72,7 +73,10 @@ class ExpansionSession:
             )
         if id(var) in self._written:
             raise ExpansionError(f"Variable '{var.path}' was written twice ({path}).")
-        var.assign(value)
+        if deferred.is_deferred(var):
+            deferred.initialize_with(var, value)
+        else:
+            var.assign(value)
         self._written[id(var)] = path
 
     def check_complete(self, target_model):

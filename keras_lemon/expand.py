@@ -135,8 +135,7 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     )
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
-    new_model = family.build(model, target, dims)
     session = ExpansionSession(method, seed)
-    family.expand(session, model, new_model, dims, depth)
+    new_model = family.build_and_expand(session, model, target, dims, depth)
     session.check_complete(new_model)
     return new_model

@@ -10,6 +10,7 @@ import dataclasses
 
 import keras_hub
 
+from keras_lemon import deferred
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.rules.core_layers import normalized_dim
 from keras_lemon.sizes import TransformerSizes
@@ -43,21 +44,35 @@ class KerasHubFamily:
         config = backbone.get_config()
         return TransformerSizes(**{f: config[k] for f, k in self.size_keys.items()})
 
-    def build(self, model, target_sizes, dims):
-        """A new model of `type(model)` at `target_sizes`, weights untouched."""
-        backbone = model.backbone if isinstance(model, keras_hub.models.Task) else model
+    def build_and_expand(self, session, model, target_sizes, dims, depth):
+        """Builds a model of `type(model)` at `target_sizes` and writes its weights.
+
+        The backbone (nearly all weights) is built without random
+        initialization (`keras_lemon.deferred`) and its variables are
+        initialized straight from the rules; then the task, whose constructor
+        compiles and so needs real variables, is built around it.
+        """
+        is_task = isinstance(model, keras_hub.models.Task)
+        backbone = model.backbone if is_task else model
         config = backbone.get_config()
         config.update({k: getattr(target_sizes, f) for f, k in self.size_keys.items()})
         if self.scaled_epsilon_key:
             config[self.scaled_epsilon_key] *= dims["stream"].variance_ratio
-        new_backbone = type(backbone).from_config(config)
-        if backbone is model:
+        try:
+            with deferred.deferred_initialization():
+                new_backbone = type(backbone).from_config(config)
+            self.expand_backbone(session, backbone, new_backbone, dims, depth)
+        finally:
+            deferred.finish()
+        if not is_task:
             return new_backbone
         task_config = model.get_config()
         # The preprocessor does not depend on the width or depth: share it, as
         # keras-hub does when one preprocessor is passed to several tasks.
         task_config.update(backbone=new_backbone, preprocessor=model.preprocessor)
-        return type(model).from_config(task_config)
+        new_model = type(model).from_config(task_config)
+        self.tasks[type(model)](session, model, new_model, dims)
+        return new_model
 
     def expand(self, session, source, target, dims, depth):
         if isinstance(source, keras_hub.models.Task):

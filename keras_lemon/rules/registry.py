@@ -177,9 +177,12 @@ class ExpansionContext:
     def noise(self, name, shape, like):
         """LEMON's random fan-in matrix `R` for variable `name` (zeros for net2net).
 
-        Drawn from N(0, std(like)^2) with a generator seeded by the expansion
-        seed and the target variable's path, so it does not depend on the
-        order in which rules run or on the backend.
+        Uniform with the standard deviation of the source weight `like`
+        (LEMON uses the target's fresh initialization; any zero-mean noise
+        of that scale breaks symmetry, and uniform draws are twice as fast
+        as normal ones). The generator is seeded by the expansion seed and
+        the target variable's path, so the draw does not depend on the order
+        in which rules run, nor on the backend.
         """
         if self.method == "net2net" or self.planning:
             return np.zeros(shape, np.float32)
@@ -188,7 +191,11 @@ class ExpansionContext:
         rng = np.random.default_rng(
             [self._session.seed, zlib.crc32(f"{self.path}/{name}".encode())]
         )
-        return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+        # U(-a, a) has std a / sqrt(3).
+        values = rng.random(shape, dtype=np.float32)
+        values -= 0.5
+        values *= np.float32(2.0 * np.sqrt(3.0) * std)
+        return values
 
     # --- sublayers -----------------------------------------------------------
 

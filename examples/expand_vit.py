@@ -31,6 +31,12 @@ def stripes(n, seed=0):
     return images.astype("float32"), labels
 
 
+def compile_classifier(model):
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out")
@@ -42,9 +48,7 @@ def main():
         hidden_dim=64, mlp_dim=128,
     )
     small = keras_hub.models.ViTImageClassifier(backbone, num_classes=2)
-    small.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    compile_classifier(small)
     small.fit(x, y, batch_size=64, epochs=2)
     preset = os.path.join(args.out, "vit_small")
     small.save_to_preset(preset)
@@ -57,9 +61,7 @@ def main():
     print(f"Logits {before.shape}: max |diff| = {diff:.3g} "
           f"({diff / np.abs(before).max():.3g} relative)")
 
-    big.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
+    compile_classifier(big)
     big.fit(x, y, batch_size=64, epochs=1)
     out = os.path.join(args.out, "vit_expanded")
     big.save_to_preset(out)

@@ -9,8 +9,8 @@ target there and then initializes each variable directly with its computed
 value.
 
 This uses two Keras internals (`Variable._deferred_initialize` and the global
-list of uninitialized variables). When they are missing, `supported()` is
-False and the caller builds normally.
+list of uninitialized variables). When they are missing,
+`deferred_initialization()` does nothing and variables initialize as usual.
 """
 
 import contextlib
@@ -25,10 +25,6 @@ try:
     _SUPPORTED = hasattr(_BaseVariable, "_deferred_initialize")
 except ImportError:  # pragma: no cover - other Keras versions
     _SUPPORTED = False
-
-
-def supported():
-    return _SUPPORTED
 
 
 @contextlib.contextmanager

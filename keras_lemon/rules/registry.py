@@ -115,9 +115,9 @@ class ExpansionContext:
 
     # --- reading -------------------------------------------------------------
 
-    def variable(self, name, layer=None):
+    def variable(self, name):
         """The source variable `name` (an attribute of the layer)."""
-        layer = self.source if layer is None else layer
+        layer = self.source
         var = getattr(layer, name, None)
         if not isinstance(var, keras.Variable):
             raise ExpansionError(
@@ -127,9 +127,9 @@ class ExpansionContext:
             )
         return var
 
-    def source_value(self, name, layer=None):
+    def source_value(self, name):
         """The source variable `name` as a float32 NumPy array."""
-        return self._session.read(self.variable(name, layer))
+        return self._session.read(self.variable(name))
 
     # --- writing -------------------------------------------------------------
 
@@ -138,9 +138,9 @@ class ExpansionContext:
         value = np.asarray(value, dtype=np.float32)
         self._session.record(self, name, self.variable(name), value, how)
 
-    def fan_out(self, name, axes, scale=1.0, layer=None):
+    def fan_out(self, name, axes, scale=1.0):
         """Target = source expanded on its output `axes` (`{axis: dim}`)."""
-        value = index_maps.fan_out(self.source_value(name, layer), axes)
+        value = index_maps.fan_out(self.source_value(name), axes)
         self.set(name, value * scale if scale != 1.0 else value, _how("fan-out", axes, scale))
 
     def fan_in(self, name, fan_in, fan_out=None, scale=1.0):

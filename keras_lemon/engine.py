@@ -37,9 +37,13 @@ class ExpansionSession:
     def read(self, variable):
         return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
 
-    def expand_layer(self, source, target, path, dims, flags=None):
-        """Expands `source` into `target` (None when planning) with its rule."""
-        rule = get_rule(source)
+    def expand_layer(self, source, target, path, dims, flags=None, rule=None):
+        """Expands `source` into `target` (None when planning) with its rule.
+
+        `rule` overrides the registered rule (the adapters use it for the
+        variables that a custom layer or model creates itself).
+        """
+        rule = rule or get_rule(source)
         if rule is None:
             if not source.weights:
                 return

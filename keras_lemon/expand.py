@@ -3,6 +3,8 @@
 import numpy as np
 
 from keras_lemon.adapters import keras_hub_models
+from keras_lemon.adapters.keras_models import KerasModelAdapter
+from keras_lemon.adapters.keras_models import is_keras_model
 from keras_lemon.depth import PLACEMENTS
 from keras_lemon.depth import depth_plan
 from keras_lemon.engine import ExpansionSession
@@ -13,18 +15,16 @@ from keras_lemon.sizes import transformer_dims
 METHODS = ("lemon", "net2net")
 
 
-def _prepare(model, hidden, layers, heads, intermediate, placement, method):
+def _check_options(method, placement):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+
+
+def _prepare(model, hidden, layers, heads, intermediate, placement, method):
+    _check_options(method, placement)
     family = keras_hub_models.find_family(model)
-    if family is None:
-        raise ValueError(
-            f"expand_model does not support {type(model).__name__} "
-            f"('{getattr(model, 'name', model)}'). Supported: "
-            f"{', '.join(keras_hub_models.supported_classes())}."
-        )
     backbone = getattr(model, "backbone", model)
     source = family.sizes(backbone)
     target = resolve_sizes(
@@ -37,8 +37,41 @@ def _prepare(model, hidden, layers, heads, intermediate, placement, method):
     return family, source, target, dims, depth
 
 
+def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method,
+                   config_keys, sample_inputs):
+    """Traces a functional or subclassed model and resolves the target sizes."""
+    _check_options(method, placement)
+    adapter = KerasModelAdapter(model, config_keys, sample_inputs)
+    adapter.check_request(layers, intermediate)
+    source = adapter.transformer_sizes()
+    target = resolve_sizes(
+        source, hidden=hidden, layers=layers, heads=heads,
+        intermediate=intermediate, post_ln=adapter.roles.post_ln,
+        model_name=adapter.name, tied_heads=adapter.source_sizes["tied_heads"],
+    )
+    dims = adapter.dims(target)
+    depth = depth_plan(len(adapter.roles.blocks), target.layers, placement) \
+        if adapter.roles.blocks else []
+    return adapter, source, target, dims, depth
+
+
+def _job_path(job):
+    prefix = "" if job.block is None else f"block_{job.block}/"
+    return prefix + job.key_layer.name
+
+
+def _unsupported(model):
+    return ValueError(
+        f"expand_model does not support {type(model).__name__} "
+        f"('{getattr(model, 'name', model)}'): pass a keras.Model (functional "
+        f"or subclassed) or one of the keras-hub models "
+        f"{', '.join(keras_hub_models.supported_classes())}."
+    )
+
+
 def expansion_plan(model, *, hidden=None, layers=None, heads=None,
-                   intermediate=None, placement="interleave", method="lemon"):
+                   intermediate=None, placement="interleave", method="lemon",
+                   config_keys=None, sample_inputs=None):
     """What `expand_model` would do, without building the target model.
 
     Runs every layer rule on the source weights and records, for each target
@@ -59,11 +92,22 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
     >>> plan.target_sizes["heads"]
     4
     """
-    family, source, target, dims, depth = _prepare(
-        model, hidden, layers, heads, intermediate, placement, method
-    )
     session = ExpansionSession(method, seed=0, planning=True)
-    family.expand(session, model, None, dims, depth)
+    if keras_hub_models.find_family(model) is not None:
+        family, source, target, dims, depth = _prepare(
+            model, hidden, layers, heads, intermediate, placement, method
+        )
+        family.expand(session, model, None, dims, depth)
+    elif is_keras_model(model):
+        adapter, source, target, dims, depth = _prepare_graph(
+            model, hidden, layers, heads, intermediate, placement, method,
+            config_keys, sample_inputs,
+        )
+        for job in adapter.jobs(dims, depth):
+            session.expand_layer(job.source, None, _job_path(job), job.dims, job.flags, rule=job.rule)
+        dims = {k: v for k, v in dims.items() if k != "ffn"}
+    else:
+        raise _unsupported(model)
     return ExpansionPlan(
         model_class=type(model).__name__,
         source_sizes=source.as_dict(),
@@ -77,7 +121,7 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
 
 def expand_model(model, *, hidden=None, layers=None, heads=None,
                  intermediate=None, placement="interleave", method="lemon",
-                 seed=None):
+                 seed=None, config_keys=None, sample_inputs=None, verify=True):
     """Grows a transformer in width and depth without changing its outputs.
 
     Builds a new model of the same class from the source's config at the
@@ -130,12 +174,28 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
         Wang et al., "LEMON: Lossless model expansion", ICLR 2024,
         arXiv:2310.07999.
     """
-    family, source, target, dims, depth = _prepare(
-        model, hidden, layers, heads, intermediate, placement, method
-    )
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
     session = ExpansionSession(method, seed)
-    new_model = family.build_and_expand(session, model, target, dims, depth)
+    if keras_hub_models.find_family(model) is not None:
+        family, source, target, dims, depth = _prepare(
+            model, hidden, layers, heads, intermediate, placement, method
+        )
+        new_model = family.build_and_expand(session, model, target, dims, depth)
+        session.check_complete(new_model)
+        return new_model
+    if not is_keras_model(model):
+        raise _unsupported(model)
+    adapter, source, target, dims, depth = _prepare_graph(
+        model, hidden, layers, heads, intermediate, placement, method,
+        config_keys, sample_inputs,
+    )
+    jobs = adapter.jobs(dims, depth)
+    new_model, targets = adapter.build_target(dims, target, depth)
+    for job in jobs:
+        session.expand_layer(job.source, adapter.target_layer(targets, job), _job_path(job),
+                             job.dims, job.flags, rule=job.rule)
     session.check_complete(new_model)
+    if verify:
+        adapter.verify(new_model)
     return new_model

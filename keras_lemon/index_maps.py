@@ -259,3 +259,73 @@ def _apply(x, axes, method):
     for axis, dim in axes.items():
         x = getattr(dim, method)(x, axis)
     return x
+
+
+@dataclasses.dataclass(frozen=True)
+class FlattenedDim:
+    """A feature dimension flattened together with `outer` leading positions.
+
+    `Flatten` turns `(tokens, d)` features into one axis of `tokens * d`
+    whose layout is token-major. When the per-token features grow with
+    `inner`, the flattened axis grows from `outer * d` to `outer * D`, each
+    token's block expanded by `inner`'s pattern. It has the same methods as
+    `DimExpansion`, so the fan-in and fan-out formulas apply unchanged.
+
+    Args:
+        outer: int, the number of leading positions flattened (tokens).
+        inner: the `DimExpansion` of the per-position features.
+    """
+
+    outer: int
+    inner: DimExpansion
+
+    @property
+    def source(self):
+        return self.outer * self.inner.source
+
+    @property
+    def target(self):
+        return self.outer * self.inner.target
+
+    @property
+    def pattern(self):
+        return self.inner.pattern
+
+    @property
+    def copies(self):
+        return self.inner.copies
+
+    @property
+    def extras(self):
+        return self.inner.extras
+
+    @property
+    def is_identity(self):
+        return self.inner.is_identity
+
+    @property
+    def variance_ratio(self):
+        return self.inner.variance_ratio
+
+    def describe(self):
+        return f"{self.outer}x({self.inner.describe()})"
+
+    def _per_position(self, x, axis, size, method):
+        axis = axis % x.ndim
+        if x.shape[axis] != self.outer * size:
+            raise ValueError(
+                f"{method}: axis {axis} of an array of shape {x.shape} has size "
+                f"{x.shape[axis]}, expected {self.outer} x {size}."
+            )
+        split = x.reshape(x.shape[:axis] + (self.outer, size) + x.shape[axis + 1:])
+        out = getattr(self.inner, method)(split, axis + 1)
+        return out.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 1:])
+
+    def expand(self, x, axis=-1):
+        return self._per_position(x, axis, self.inner.source, "expand")
+
+    def sum_over_copies(self, x, axis=-1):
+        return self._per_position(x, axis, self.inner.target, "sum_over_copies")
+
+    def distribute_to_copies(self, x, axis=-1):
+        return self._per_position(x, axis, self.inner.source, "distribute_to_copies")

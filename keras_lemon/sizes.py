@@ -23,7 +23,8 @@ class TransformerSizes:
 
 
 def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
-                  intermediate=None, post_ln=False, model_name="model"):
+                  intermediate=None, post_ln=False, model_name="model",
+                  tied_heads=True):
     """Fills in defaults and checks a requested expansion.
 
     Defaults: `layers` and `hidden` unchanged; `heads` grows with `hidden` so
@@ -34,6 +35,10 @@ def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
         hidden, layers, heads, intermediate: requested target sizes or None.
         post_ln: True for post-LN models, whose width must be a multiple.
         model_name: used in error messages.
+        tied_heads: True when `heads * head_dim == hidden` (keras-hub, most
+            models): heads then grow with `hidden`. False for attention
+            whose head size is set on its own (keras.io's ViT uses
+            `key_dim=hidden`): heads stay unless asked, head size unchanged.
 
     Returns:
         The target `TransformerSizes`.
@@ -61,6 +66,11 @@ def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
             f"{source.hidden} for an exact LayerNorm expansion, got {hidden}; "
             f"possible: {', '.join(str(source.hidden * m) for m in (2, 3, 4))}, ..."
         )
+    if not tied_heads:
+        heads = source.heads if heads is None else heads
+        if intermediate is None:
+            intermediate = round(source.intermediate * hidden / source.hidden)
+        return TransformerSizes(layers, hidden, heads, intermediate)
     valid_heads = [n for n in range(source.heads, hidden + 1)
                    if hidden % n == 0 and hidden // n >= source.head_dim]
     if heads is None:

@@ -16,6 +16,8 @@ import math
 import keras
 import numpy as np
 
+from keras_lemon.graph.feature_ops import ANY
+from keras_lemon.graph.feature_ops import activation_linearity
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.rules.registry import register_rule
 
@@ -55,12 +57,18 @@ def _check_activation(layer, ctx, output):
     )
 
 
-@register_rule(keras.layers.Dense)
+@register_rule(keras.layers.Dense, kind="projection")
 def expand_dense(layer, ctx):
     """Dense: kernel `(in, out)` fan-in on axis 0, fan-out on axis 1."""
     inp, out = ctx.dims["input"], ctx.dims["output"]
     _check_activation(layer, ctx, out)
     if ctx.flags.get("zero_output"):
+        if activation_linearity(layer.activation) == ANY:
+            raise ctx.error(
+                "a new block's output projection must output 0, but its "
+                "activation is not 0 at 0; depth growth needs an output "
+                "projection with a linear (or relu/gelu-like) activation."
+            )
         ctx.cancel("kernel", {0: inp}, {1: out})
         if layer.use_bias:
             ctx.zeros("bias", {0: out})
@@ -107,7 +115,7 @@ def expand_einsum_dense(layer, ctx):
             ctx.fan_out("bias", on_bias(fan_out), scale=scale)
 
 
-@register_rule(keras.layers.LayerNormalization)
+@register_rule(keras.layers.LayerNormalization, kind="normalization")
 def expand_layer_norm(layer, ctx):
     """LayerNorm: `gamma' = eta gamma`, `beta' = beta` on copies, `eps' = eta^2 eps`.
 
@@ -137,8 +145,10 @@ def expand_layer_norm(layer, ctx):
         if not math.isclose(ctx.target.epsilon, want, rel_tol=1e-6):
             raise ctx.error(
                 f"the target epsilon is {ctx.target.epsilon}, but an exact "
-                f"expansion needs epsilon * k*d/D = {want} (build the target "
-                "with the scaled epsilon)."
+                f"expansion needs epsilon * k*d/D = {want}. Build the target "
+                "with the scaled epsilon (make epsilon a config argument of the "
+                "layer that creates this LayerNorm), or use a width that is a "
+                f"multiple of {inp.source}, which keeps epsilon."
             )
     scale = ctx.flags.get("output_scale", 1.0)
     if ctx.flags.get("identity"):
@@ -161,13 +171,13 @@ def expand_layer_norm(layer, ctx):
         ctx.fan_out("beta", {0: out}, scale=scale)
 
 
-@register_rule(keras.layers.Embedding)
+@register_rule(keras.layers.Embedding, kind="projection")
 def expand_embedding(layer, ctx):
     """Embedding: the feature axis is fan-out with the pattern of `"output"`."""
     ctx.fan_out("embeddings", {1: ctx.dims["output"]})
 
 
-@register_rule(keras.layers.Conv2D)
+@register_rule(keras.layers.Conv2D, kind="projection")
 def expand_conv2d(layer, ctx):
     """Conv2D: kernel `(h, w, in, out)`: fan-in on axis 2, fan-out on axis 3."""
     if layer.groups != 1:
@@ -179,7 +189,7 @@ def expand_conv2d(layer, ctx):
         ctx.fan_out("bias", {0: out})
 
 
-@register_rule(keras.layers.MultiHeadAttention)
+@register_rule(keras.layers.MultiHeadAttention, kind="attention")
 def expand_multi_head_attention(layer, ctx):
     """Multi-head attention: heads circular, head sizes may grow, output fan-out.
 

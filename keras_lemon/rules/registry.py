@@ -42,13 +42,25 @@ from keras_lemon import index_maps
 _RULES = {}
 
 
-def register_rule(layer_class, rule=None):
+KINDS = ("projection", "pointwise", "normalization", "attention")
+_KINDS = {}
+
+
+def register_rule(layer_class, rule=None, *, kind=None):
     """Registers how to expand a layer class (usable as a decorator).
 
     Args:
         layer_class: a `keras.layers.Layer` subclass. Subclasses use the rule
             of their nearest registered base class.
         rule: function `rule(layer, ctx)`; see `ExpansionContext`.
+        kind: how the layer treats features when it appears inside a
+            functional or subclassed model, so that the roles of the
+            activations around it can be inferred:
+            `"projection"` (its output features are its own, like `Dense`:
+            `ctx.dims["input"]` and `ctx.dims["output"]` can differ),
+            `"pointwise"` (its output features are its input's, like a
+            per-feature scale: both dims are the same). `None` (default):
+            the layer is supported only inside keras-hub models.
 
     Returns:
         The rule (so that `@register_rule(MyLayer)` keeps the function).
@@ -57,14 +69,25 @@ def register_rule(layer_class, rule=None):
         raise TypeError(
             f"register_rule needs a keras.layers.Layer subclass, got {layer_class!r}."
         )
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}.")
 
     def decorator(fn):
         if not callable(fn):
             raise TypeError(f"A rule must be callable, got {fn!r}.")
         _RULES[layer_class] = fn
+        _KINDS[layer_class] = kind
         return fn
 
     return decorator if rule is None else decorator(rule)
+
+
+def get_kind(layer):
+    """The graph kind registered with the rule of `layer`'s class, or None."""
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _KINDS.get(cls)
+    return None
 
 
 def get_rule(layer):

@@ -1,0 +1,780 @@
+"""Adapters for users' own Keras models: functional graphs and subclassed models.
+
+Both kinds are traced into one graph (`keras_lemon.graph.trace`) whose roles
+are inferred from its structure (`keras_lemon.graph.roles`). Then:
+
+- a **functional** model (also a `keras.Model` subclass built as
+  `MyModel(inputs, outputs)`, with nested `Sequential`/`Model` layers) is
+  rebuilt node by node: every layer is cloned from its config at the larger
+  size, and new blocks are inserted by running clones of a block's layers;
+- a **subclassed** model is rebuilt with `from_config` from its config with
+  the size keys changed (`hidden_dim`, `num_layers`, ... or `config_keys`),
+  and its sublayers are paired with the source's by attribute path (a list
+  of blocks maps each target block to the source block it copies).
+
+Custom layers inside either are rebuilt from their config the same way. The
+weights are then written by the per-layer rules of `keras_lemon.rules`;
+variables that a custom layer or model creates itself (position tables,
+class tokens) are expanded by the role of the activation they join.
+
+Finally the expanded model is compared with the source on a probe batch;
+an inexact expansion raises instead of returning a silently lossy model.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from keras_lemon.graph.roles import GraphRoles
+from keras_lemon.graph.roles import node_kind
+from keras_lemon.graph.trace import trace_model
+from keras_lemon.index_maps import DimExpansion
+from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.registry import get_rule
+from keras_lemon.sizes import TransformerSizes
+
+try:
+    from keras.src.models.functional import Functional
+except ImportError:  # pragma: no cover
+    Functional = None
+
+#: Config keys recognized as sizes, per role (extend with `config_keys=`).
+SIZE_KEYS = {
+    "hidden": ("hidden_dim", "hidden_size", "d_model", "embed_dim", "embedding_dim",
+               "projection_dim", "model_dim", "width", "dim"),
+    "layers": ("num_layers", "depth", "n_layers", "num_blocks", "num_hidden_layers",
+               "transformer_layers", "num_transformer_layers", "num_encoder_layers"),
+    "heads": ("num_heads", "n_heads", "heads", "num_attention_heads", "n_head"),
+    "intermediate": ("intermediate_dim", "intermediate_size", "mlp_dim", "ff_dim",
+                     "ffn_dim", "dim_feedforward", "feedforward_dim", "mlp_units"),
+    "head_dim": ("key_dim", "head_dim", "head_size"),
+}
+
+
+def is_keras_model(model):
+    return isinstance(model, keras.Model)
+
+
+def is_functional(model):
+    return Functional is not None and isinstance(model, Functional)
+
+
+@dataclasses.dataclass
+class Job:
+    """One layer (or a container's own variables) to expand."""
+
+    block: object  # target block index, or None outside blocks
+    source: object  # the layer whose weights are read
+    key_layer: object  # the source layer that locates the target
+    dims: dict
+    flags: dict
+    rule: object = None
+    own: bool = False
+
+
+class KerasModelAdapter:
+    """Expands a functional or subclassed `keras.Model` (see module docstring).
+
+    Args:
+        model: the source model (built).
+        config_keys: dict role -> config key (or tuple of keys), roles being
+            `"hidden"`, `"layers"`, `"heads"`, `"intermediate"`, `"head_dim"`.
+        sample_inputs: optional inputs (NumPy structure) that fix the input
+            shapes for tracing a subclassed model and serve as probe.
+    """
+
+    def __init__(self, model, config_keys=None, sample_inputs=None):
+        if not model.built:
+            raise ValueError(
+                f"Model '{model.name}' is not built: call it on data (or build "
+                "it) before expanding it."
+            )
+        self.model = model
+        self.functional = is_functional(model)
+        self.name = f"{type(model).__name__} '{model.name}'"
+        self.config_keys = _check_config_keys(config_keys)
+        self.sample_inputs = sample_inputs
+        self.graph = trace_model(model, self._input_specs())
+        self.roles = GraphRoles(self.graph, self.name)
+        self.source_sizes = self._source_sizes()
+
+    # --- sizes ---------------------------------------------------------------
+
+    def _input_specs(self):
+        def spec(shape, dtype, name=None):
+            return keras.KerasTensor((2,) + tuple(shape[1:]), dtype=dtype, name=name)
+
+        if self.sample_inputs is not None:
+            return keras.tree.map_structure(
+                lambda x: spec(np.shape(x), _dtype_of(x)), self.sample_inputs)
+        if self.functional:
+            return keras.tree.map_structure(
+                lambda t: spec(t.shape, t.dtype, t.name), self.model._inputs_struct)
+        build = self.model.get_build_config() or {}
+        shape = build.get("input_shape")
+        if not isinstance(shape, (tuple, list)) or not all(
+                isinstance(d, (int, type(None))) for d in shape):
+            raise ValueError(
+                f"{self.name}: cannot tell its input shape from its build "
+                f"config ({build}); pass sample_inputs= (a batch of inputs)."
+            )
+        return spec(shape, "float32")
+
+    def _source_sizes(self):
+        roles = self.roles
+        attention = {(n.operation.num_heads, n.operation.key_dim,
+                      n.operation.value_dim or n.operation.key_dim)
+                     for n in roles.attention_nodes}
+        if len(attention) > 1:
+            raise ExpansionError(
+                f"{self.name}: attention layers with different shapes "
+                f"{sorted(attention)} (heads, key_dim, value_dim); keras_lemon "
+                "grows models whose attention layers all have one shape."
+            )
+        heads, key_dim, value_dim = attention.pop() if attention else (1, roles.hidden, roles.hidden)
+        ffn = sorted({roles.size(_key_of_class(roles, c)) for c in roles.ffn_classes})
+        return {
+            "layers": len(roles.blocks), "hidden": roles.hidden, "heads": heads,
+            "key_dim": key_dim, "value_dim": value_dim, "ffn": ffn,
+            "tied_heads": heads * key_dim == roles.hidden,
+        }
+
+    def transformer_sizes(self):
+        s = self.source_sizes
+        return TransformerSizes(
+            s["layers"] or 1, s["hidden"], s["heads"],
+            s["ffn"][0] if s["ffn"] else s["hidden"],
+        )
+
+    def check_request(self, layers, intermediate):
+        s = self.source_sizes
+        if layers is not None and layers != s["layers"] and not self.roles.blocks:
+            raise ExpansionError(
+                f"{self.name}: its residual connections do not form a chain of "
+                "repeated blocks, so no block can be inserted; expand its width only."
+            )
+        if intermediate is not None and len(s["ffn"]) > 1:
+            raise ExpansionError(
+                f"{self.name}: its feed-forward layers have several widths "
+                f"{s['ffn']}; leave intermediate=None (each grows with hidden)."
+            )
+
+    def dims(self, target):
+        """Roles (`DimExpansion`s) for target `TransformerSizes`."""
+        s = self.source_sizes
+        stream = DimExpansion(s["hidden"], target.hidden,
+                              "circular" if self.roles.post_ln else "average")
+        if s["tied_heads"]:
+            key_dim = value_dim = target.hidden // target.heads
+            if s["value_dim"] != s["key_dim"]:
+                value_dim = s["value_dim"]
+        else:
+            key_dim, value_dim = s["key_dim"], s["value_dim"]
+        if len(s["ffn"]) == 1:
+            ffn = {s["ffn"][0]: target.intermediate}
+        else:
+            ffn = {f: round(f * target.hidden / s["hidden"]) for f in s["ffn"]}
+        return {
+            "stream": stream,
+            "heads": DimExpansion(s["heads"], target.heads, "circular"),
+            "key_dim": DimExpansion(s["key_dim"], key_dim, "circular"),
+            "value_dim": DimExpansion(s["value_dim"], value_dim, "circular"),
+            "ffn": ffn,
+        }
+
+    # --- roles of layers -----------------------------------------------------
+
+    def _leaf_dims(self, node, dims, dim_of):
+        kind = node_kind(node)
+        op = node.operation
+        base = {k: v for k, v in dims.items() if k != "ffn"}
+        if kind == "opaque":
+            raise ExpansionError(
+                f"{self.name}: layer {op.name!r} ({type(op).__name__}) has an "
+                "expansion rule for keras-hub models but no graph kind, so its "
+                "role inside this model is unknown. Register the rule with "
+                "keras_lemon.register_rule(..., kind=\"projection\" or \"pointwise\")."
+            )
+        if kind == "attention":
+            query = node.argument(0, "query")
+            value = node.argument(1, "value")
+            key = node.argument(2, "key")
+            key = value if key is None else key
+            ins = [dim_of(id(t)) for t in (query, value, key)]
+            if len(set(ins)) != 1:
+                raise ExpansionError(
+                    f"{self.name}: attention layer {op.name!r} reads query, value "
+                    f"and key expanded differently ({', '.join(d.describe() for d in ins)}); "
+                    "keras_lemon expands self-attention (one input activation)."
+                )
+            return {**base, "input": ins[0], "output": dim_of(node.outputs[0])}
+        inp = dim_of(node.inputs[0]) if node.inputs else None
+        out = dim_of(node.outputs[0])
+        if kind == "pointwise":
+            return {**base, "input": out, "output": out}
+        if kind == "normalization":
+            return {**base, "input": inp, "output": out}
+        if inp is None:  # an embedding reads integer ids
+            inp = DimExpansion(1, 1)
+        return {**base, "input": inp, "output": out}
+
+    def leaf_dims(self, dims):
+        """Source layer id -> dims of its rule (from its first call)."""
+        dim_of = self.roles.class_dims(dims["stream"], dims["ffn"])
+        self.roles.check(dim_of)
+        out = {}
+        for node in self.roles.leaf_nodes:
+            if id(node.operation) not in out and node.operation.weights:
+                out[id(node.operation)] = self._leaf_dims(node, dims, dim_of)
+        return out, dim_of
+
+    def jobs(self, dims, specs):
+        """Every layer (and container's own variables) to expand, with flags."""
+        leaf_dims, dim_of = self.leaf_dims(dims)
+        self._leaf_dims_by_id = leaf_dims
+        self._dim_of = dim_of
+        roles = self.roles
+        in_block = {}
+        for b, block in enumerate(roles.blocks):
+            for layer in block.leaves():
+                in_block[id(layer)] = b
+        jobs = []
+        for node in roles.leaf_nodes:
+            layer = node.operation
+            if layer.weights and id(layer) not in in_block and not _seen(jobs, layer):
+                jobs.append(Job(None, layer, layer, leaf_dims[id(layer)], {}))
+        for t, spec in enumerate(specs):
+            block = roles.blocks[spec.template]
+            last_norm = block.units[-1].norm
+            projections = {id(u.out_projection.operation) for u in block.units if u.out_projection}
+            for layer in block.leaves():
+                flags, source = {}, layer
+                if spec.is_new and id(layer) in projections:
+                    flags["zero_output"] = True
+                if roles.post_ln:
+                    norms = [u.norm.operation for u in block.units if u.norm is not None]
+                    if last_norm is not None and layer is last_norm.operation:
+                        if spec.output_norm_from is None:
+                            flags["identity"] = True
+                        else:
+                            carried = roles.blocks[spec.output_norm_from].units[-1].norm
+                            source = carried.operation
+                    elif any(layer is n for n in norms) and spec.input_norm_identity:
+                        flags["identity"] = True
+                jobs.append(Job(t, source, layer, leaf_dims[id(layer)], flags))
+        self._check_new_blocks(specs)
+        jobs.extend(self._own_variable_jobs(dims, dim_of, specs))
+        jobs.extend(self._copy_jobs(dim_of))
+        return jobs
+
+    def _check_new_blocks(self, specs):
+        for spec in specs:
+            if not spec.is_new:
+                continue
+            block = self.roles.blocks[spec.template]
+            for unit in block.units:
+                if unit.out_projection is None:
+                    raise ExpansionError(
+                        f"{self.name}: a residual branch of block {spec.template} does "
+                        "not end in a layer with weights (Dense, attention...), so a "
+                        "new copy of the block cannot be made to add exactly 0."
+                    )
+                if self.roles.post_ln and unit.norm is None:
+                    raise ExpansionError(
+                        f"{self.name}: a post-LN residual add of block "
+                        f"{spec.template} is not followed by its LayerNormalization."
+                    )
+
+    def _containers(self):
+        """(node, layer) of custom layers / the model that own variables."""
+        found, seen = [], set()
+        for node in self.graph.nodes:
+            op = node.operation
+            if node.inlined and id(op) not in seen and _own_variables(op):
+                seen.add(id(op))
+                found.append((node, op))
+        if not self.functional and _own_variables(self.model):
+            found.insert(0, (None, self.model))
+        return found
+
+    def _block_of(self, node):
+        if node is None:
+            return None
+        for b, block in enumerate(self.roles.blocks):
+            if any(node.top is top for top in block.top_nodes()):
+                return b
+        return None
+
+    def _own_variable_jobs(self, dims, dim_of, specs):
+        jobs = []
+        for node, layer in self._containers():
+            axes = {}
+            for attr, var in _own_variables(layer).items():
+                key = id(var)
+                if key in self.graph.shapes:
+                    d = dim_of(key)
+                elif var.shape and var.shape[-1] == dims["stream"].source:
+                    # Used through ops on constants (e.g. a class token
+                    # broadcast to the batch): such tables write the stream.
+                    d = dims["stream"]
+                else:
+                    d = DimExpansion(var.shape[-1], var.shape[-1]) if var.shape else None
+                axes[attr] = {} if d is None or d.is_identity else {len(var.shape) - 1: d}
+            b = self._block_of(node)
+            blocks = [None] if b is None else [t for t, s in enumerate(specs) if s.template == b]
+            for t in blocks:
+                jobs.append(Job(t, layer, layer, dict(dims), {"axes": axes},
+                                rule=expand_own_variables, own=True))
+        return jobs
+
+    def _copy_jobs(self, dim_of):
+        jobs = []
+        for node in self.roles.opaque:
+            op = node.operation
+            if isinstance(op, keras.layers.Layer) and op.weights and not node.inlined \
+                    and get_rule(op) is None and not _seen(jobs, op):
+                jobs.append(Job(None, op, op, {}, {}, rule=copy_unchanged))
+        return jobs
+
+    # --- building the target -------------------------------------------------
+
+    def resized_config(self, layer, dims, target, is_model=False):
+        """`layer.get_config()` with its size arguments set to the target's."""
+        config = layer.get_config()
+        s = self.source_sizes
+        source_values = {"hidden": s["hidden"], "heads": s["heads"], "head_dim": s["key_dim"],
+                         "intermediate": s["ffn"][0] if len(s["ffn"]) == 1 else None,
+                         "layers": s["layers"] if is_model else None}
+        target_values = {"hidden": target.hidden, "heads": target.heads,
+                         "head_dim": dims["key_dim"].target,
+                         "intermediate": target.intermediate, "layers": target.layers}
+        for role, names in SIZE_KEYS.items():
+            names = self.config_keys.get(role, ()) + names
+            for key in names:
+                value = config.get(key)
+                if source_values[role] is not None and isinstance(value, int) \
+                        and not isinstance(value, bool) and value == source_values[role]:
+                    config[key] = target_values[role]
+        return config
+
+    def build_target(self, dims, target, specs):
+        if self.functional:
+            builder = _FunctionalBuilder(self, dims, target, specs)
+            return builder.build(), builder.leaf_targets
+        return self._build_subclassed(dims, target, specs)
+
+    def _build_subclassed(self, dims, target, specs):
+        model = self.model
+        config = self.resized_config(model, dims, target, is_model=True)
+        if config == model.get_config() and target.hidden != self.source_sizes["hidden"]:
+            raise ValueError(
+                f"{self.name}: its get_config() has no size key with the hidden "
+                f"size {self.source_sizes['hidden']} (known names: "
+                f"{', '.join(SIZE_KEYS['hidden'])}). Define get_config() with the "
+                "constructor's size arguments, or pass config_keys={'hidden': <key>}."
+            )
+        try:
+            new_model = type(model).from_config(config)
+        except Exception as error:
+            raise ValueError(
+                f"{self.name}: could not rebuild it from its config at the new "
+                f"size ({type(error).__name__}: {error})."
+            ) from error
+        new_model(self.probe_inputs(), training=False)
+        targets = {}
+        block_list = self._block_list(new_model, specs)
+        _pair(model, new_model, None, targets, block_list, specs)
+        return new_model, targets
+
+    def _block_list(self, new_model, specs):
+        """The attribute holding the list of blocks, when the depth changes."""
+        blocks = self.roles.blocks
+        if len(specs) == len(blocks) and all(not s.is_new for s in specs):
+            return None
+        for name, child in _children(self.model):
+            if not isinstance(child, (list, tuple)) or len(child) != len(blocks):
+                continue
+            if all(set(id(x) for x in block.leaves())
+                   <= {id(x) for x in child[b]._flatten_layers()}
+                   for b, block in enumerate(blocks)):
+                grown = getattr(new_model, name)
+                if len(grown) != len(specs):
+                    raise ValueError(
+                        f"{self.name}: rebuilt with {len(specs)} layers, its "
+                        f"'{name}' list has {len(grown)} blocks; is the layers "
+                        "config key named as in SIZE_KEYS['layers'] (or config_keys)?"
+                    )
+                return name
+        raise ExpansionError(
+            f"{self.name}: its blocks are not the elements of one list attribute "
+            "of the model, so new blocks cannot be inserted; keep layers unchanged."
+        )
+
+    def target_layer(self, targets, job):
+        found = targets.get((job.block, id(job.key_layer)))
+        found = found if found is not None else targets.get((None, id(job.key_layer)))
+        if found is None:
+            raise ExpansionError(
+                f"{self.name}: layer '{job.key_layer.name}' has no counterpart in "
+                "the rebuilt model (does the model create its layers from its config?)."
+            )
+        return found
+
+    def verify(self, new_model, tolerance=None):
+        """Max |diff| / max |output| on a probe batch; raises above `tolerance`.
+
+        The default tolerance is 1e-4, or for post-LN depth growth 10x the
+        largest LayerNorm epsilon (`LN(LN(z)) = LN(z)` holds to
+        `O(epsilon)`, see `keras_lemon.depth`).
+        """
+        if tolerance is None:
+            tolerance = 1e-4
+            if self.roles.post_ln:
+                eps = [n.operation.epsilon for b in self.roles.blocks for u in b.units
+                       if u.norm is not None for n in [u.norm]]
+                tolerance = max([tolerance] + [10 * e for e in eps])
+        probe = self.probe_inputs()
+        expected = keras.tree.flatten(self.model(probe, training=False))
+        actual = keras.tree.flatten(new_model(probe, training=False))
+        error = 0.0
+        for a, b in zip(expected, actual):
+            a = keras.ops.convert_to_numpy(a).astype("float64")
+            b = keras.ops.convert_to_numpy(b).astype("float64")
+            if a.shape != b.shape:
+                raise ExpansionError(f"{self.name}: output shape changed {a.shape} -> {b.shape}.")
+            error = max(error, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))
+        if not error <= tolerance:
+            raise ExpansionError(
+                f"{self.name}: the expanded model is not lossless on a probe batch: "
+                f"max |diff| / max |output| = {error:.3g} > {tolerance:g}. Some "
+                "operation in the model treats features in a way keras_lemon does "
+                "not model; register a rule for it (keras_lemon.register_rule) or "
+                "report the model. Pass verify=False to get the model anyway."
+            )
+        return error
+
+    def probe_inputs(self, seed=0):
+        """A batch of 2 inputs: token ids for inputs read by embeddings, else normal."""
+        if self.sample_inputs is not None:
+            return self.sample_inputs
+        rng = np.random.default_rng(seed)
+        flat = []
+        for key in self.graph.inputs:
+            shape = self.graph.shapes[key]
+            vocab = self._embedding_vocabulary(key)
+            if vocab:
+                flat.append(rng.integers(0, vocab, shape).astype("int32"))
+            else:
+                flat.append(rng.normal(size=shape).astype("float32"))
+        return keras.tree.pack_sequence_as(self.graph.input_structure, flat)
+
+    def _embedding_vocabulary(self, key):
+        consumers = self.roles.consumers
+        frontier, sizes, seen = [key], [], set()
+        while frontier:
+            k = frontier.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            for node in consumers.get(k, []):
+                if isinstance(node.operation, keras.layers.Embedding):
+                    sizes.append(node.operation.input_dim)
+                elif node_kind(node) in ("pointwise", "link"):
+                    frontier.extend(node.outputs)
+        return min(sizes) if sizes else None
+
+
+class _FunctionalBuilder:
+    """Rebuilds a functional model node by node at the target size."""
+
+    def __init__(self, adapter, dims, target, specs):
+        self.adapter = adapter
+        self.graph = adapter.graph
+        self.roles = adapter.roles
+        self.dims = dims
+        self.target = target
+        self.specs = specs
+        self.leaf_targets = {}
+        self.containers = []
+        self._ops = {}
+        self._names = {layer.name for layer in adapter.model._flatten_layers()}
+
+    def build(self):
+        model = self.adapter.model
+        roles = self.roles
+        mapping = {}
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name),
+            model._inputs_struct)
+        for key, tensor in zip(self.graph.inputs, keras.tree.flatten(inputs)):
+            mapping[key] = tensor
+        anchors, copies, block_of_top = {}, {}, {}
+        anchor = None
+        for t, spec in enumerate(self.specs):
+            if spec.is_new:
+                copies.setdefault(anchor, []).append((t, spec))
+            else:
+                anchor = spec.template
+                anchors[anchor] = t
+        for b, block in enumerate(roles.blocks):
+            for top in block.top_nodes():
+                if id(top) in block_of_top:
+                    raise ExpansionError(
+                        f"{self.adapter.name}: {top.operation.name!r} spans several "
+                        "blocks; new blocks can only be inserted between layers."
+                    )
+                block_of_top[id(top)] = b
+        for node in self.graph.nodes:
+            if node.parent is not None:
+                continue
+            b = block_of_top.get(id(node))
+            self._call(node, mapping, None if b is None else anchors[b], fresh=False,
+                       passthrough=set(self.graph.inputs))
+            block = roles.blocks[b] if b is not None else None
+            if block is not None and node is block.top_nodes()[-1]:
+                stream = mapping[node.outputs[0]]
+                for t, spec in copies.get(b, []):
+                    stream = self._run_copy(roles.blocks[spec.template], stream, t, mapping)
+                mapping[node.outputs[0]] = stream
+        outputs = keras.tree.map_structure(lambda t: mapping[id(t)], self.graph.output_structure)
+        new_model = _functional_like(model, inputs, outputs)
+        for t, source, target in self.containers:
+            _pair(source, target, t, self.leaf_targets, None, self.specs)
+        return new_model
+
+    def _run_copy(self, block, stream, t, mapping):
+        local = dict(mapping)
+        local[block.input] = stream
+        tops = block.top_nodes()
+        for node in tops:
+            self._call(node, local, t, fresh=True, passthrough=set())
+        return local[tops[-1].outputs[0]]
+
+    def _call(self, node, mapping, t, fresh, passthrough):
+        op = node.operation
+        if op is None:
+            mapping[node.outputs[0]] = mapping[node.inputs[0]]
+            return
+        if type(op).__name__ == "ConvertToTensor" and node.inputs and node.inputs[0] in passthrough:
+            mapping[node.outputs[0]] = mapping[node.inputs[0]]
+            return
+        new_op = self._new_op(node, t, fresh)
+        args, kwargs = keras.tree.map_structure(
+            lambda v: mapping.get(id(v), v), (node.args, node.kwargs))
+        result = new_op(*args, **kwargs)
+        for key, value in zip(node.outputs, keras.tree.flatten(result)):
+            mapping[key] = value
+
+    def _new_op(self, node, t, fresh):
+        op = node.operation
+        cache = (t if fresh else None, id(op))
+        if cache in self._ops:
+            return self._ops[cache]
+        if isinstance(op, keras.Sequential):
+            new = keras.Sequential([self._clone_layer(layer, t, fresh) for layer in op.layers],
+                                   name=self._name(op, t, fresh))
+        elif isinstance(op, keras.Model):
+            new = self._rebuild_nested(node, t, fresh)
+        elif isinstance(op, keras.layers.Layer):
+            new = self._clone_layer(op, t, fresh, inlined=node.inlined)
+        else:
+            new = _clone_operation(op, self._name(op, t, fresh))
+        self._ops[cache] = new
+        return new
+
+    def _clone_layer(self, layer, t, fresh, inlined=None):
+        dims = self.adapter._leaf_dims_by_id.get(id(layer))
+        if isinstance(layer, keras.Model):
+            node = next(n for n in self.graph.nodes if n.operation is layer)
+            return self._new_op(node, t, fresh)
+        if dims is not None:
+            config = resize_leaf_config(layer, dims)
+        elif inlined or (inlined is None and _is_custom(layer)):
+            config = self.adapter.resized_config(layer, self.dims, self.target)
+        else:
+            config = layer.get_config()
+        config["name"] = self._name(layer, t, fresh)
+        new = type(layer).from_config(config)
+        if dims is not None:
+            self.leaf_targets[(t, id(layer))] = new
+        elif _is_custom(layer):
+            self.containers.append((t, layer, new))
+        elif layer.weights:
+            self.leaf_targets[(t, id(layer))] = new
+        return new
+
+    def _rebuild_nested(self, node, t, fresh):
+        op = node.operation
+        dim_of = self.adapter._dim_of
+        local, inputs = {}, []
+        for key in node.inputs:
+            shape = self.graph.shapes[key]
+            tensor = keras.Input(shape=tuple(shape[1:-1]) + (dim_of(key).target,),
+                                 dtype=self.graph.dtypes[key])
+            local[key] = tensor
+            inputs.append(tensor)
+        children = [n for n in self.graph.nodes if n.parent is node]
+        for child in children:
+            if child.operation is None:
+                continue
+            self._call(child, local, t, fresh, passthrough=set(node.inputs))
+        links = [n for n in children if n.operation is None]
+        outputs = [local[n.inputs[0]] for n in links]
+        outputs = outputs[0] if len(outputs) == 1 else outputs
+        return _functional_like(op, inputs[0] if len(inputs) == 1 else inputs, outputs,
+                                name=self._name(op, t, fresh))
+
+    def _name(self, layer, t, fresh):
+        if not fresh:
+            return layer.name
+        name = f"{layer.name}_lemon{t}"
+        while name in self._names:
+            name += "_"
+        self._names.add(name)
+        return name
+
+
+def _functional_like(model, inputs, outputs, name=None):
+    name = name or model.name
+    try:
+        return type(model)(inputs=inputs, outputs=outputs, name=name)
+    except TypeError:
+        return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def _clone_operation(op, name):
+    """A fresh instance of a `keras.ops` operation, so the source's is untouched."""
+    try:
+        config = op.get_config()
+        config["name"] = name
+        return type(op).from_config(config)
+    except Exception:  # no serializable config: it is stateless, share it
+        return op
+
+
+def resize_leaf_config(layer, dims):
+    """Config of a core layer at the sizes its dims ask for."""
+    config = layer.get_config()
+    out = dims.get("output")
+    if isinstance(layer, keras.layers.Dense):
+        config["units"] = out.target
+    elif isinstance(layer, keras.layers.Conv2D):
+        config["filters"] = out.target
+    elif isinstance(layer, keras.layers.Embedding):
+        config["output_dim"] = out.target
+    elif isinstance(layer, keras.layers.LayerNormalization):
+        config["epsilon"] = layer.epsilon * dims["input"].variance_ratio
+    elif isinstance(layer, keras.layers.MultiHeadAttention):
+        config["num_heads"] = dims["heads"].target
+        config["key_dim"] = dims["key_dim"].target
+        if config.get("value_dim") is not None:
+            config["value_dim"] = dims["value_dim"].target
+        if config.get("output_shape") is not None:
+            shape = config["output_shape"]
+            config["output_shape"] = out.target if isinstance(shape, int) else \
+                tuple(shape[:-1]) + (out.target,)
+    else:
+        for key in SIZE_KEYS["hidden"] + ("units", "output_dim", "filters"):
+            if isinstance(config.get(key), int) and out is not None and config[key] == out.source:
+                config[key] = out.target
+    return config
+
+
+def expand_own_variables(layer, ctx):
+    """Variables a custom layer or model creates itself, by their role.
+
+    `ctx.flags["axes"]`: `{attribute: {axis: dim}}`; each variable's feature
+    axis is fan-out with the activation it joins (a position table added to
+    the stream grows like the stream).
+    """
+    for attribute, axes in ctx.flags["axes"].items():
+        ctx.fan_out(attribute, axes)
+
+
+def copy_unchanged(layer, ctx):
+    """A layer without a rule whose activations do not grow: copy its weights."""
+    for attribute in _own_variables(layer):
+        ctx.fan_out(attribute, {})
+
+
+def _own_variables(layer):
+    """`{attribute: variable}` for the variables `layer` created itself."""
+    own = {id(v) for v in list(layer._trainable_variables) + list(layer._non_trainable_variables)}
+    return {k: v for k, v in vars(layer).items()
+            if isinstance(v, keras.Variable) and id(v) in own}
+
+
+def _children(layer):
+    """(attribute, sublayer or list of sublayers) in definition order."""
+    out, seen = [], set()
+    attributes = dict(vars(layer))
+    # On the torch backend, sublayers are torch modules, kept in `_modules`.
+    attributes.update(attributes.pop("_modules", None) or {})
+    for name, value in attributes.items():
+        if name in ("_layers", "_functional", "_tracker"):
+            continue
+        if isinstance(value, keras.layers.Layer) and id(value) not in seen:
+            seen.add(id(value))
+            out.append((name, value))
+        elif isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, keras.layers.Layer) for v in value):
+            out.append((name, list(value)))
+    return out
+
+
+def _pair(source, target, t, targets, block_list, specs):
+    """Maps each source sublayer to its target counterpart, by attribute path."""
+    if get_rule(source) is not None or not _is_custom(source) and not isinstance(source, keras.Model):
+        targets[(t, id(source))] = target
+        return
+    targets[(t, id(source))] = target
+    for name, child in _children(source):
+        other = getattr(target, name, None)
+        if isinstance(child, list):
+            other = list(other or [])
+            if name == block_list:
+                for index, target_child in enumerate(other):
+                    _pair(child[specs[index].template], target_child, index, targets, None, specs)
+                continue
+            if len(other) != len(child):
+                raise ExpansionError(
+                    f"Layer '{source.name}': its list '{name}' has {len(child)} "
+                    f"layers, the rebuilt one {len(other)}."
+                )
+            for a, b in zip(child, other):
+                _pair(a, b, t, targets, None, specs)
+        elif other is not None:
+            _pair(child, other, t, targets, None, specs)
+
+
+def _is_custom(layer):
+    return not type(layer).__module__.startswith("keras.")
+
+
+def _seen(jobs, layer):
+    return any(job.key_layer is layer and job.block is None for job in jobs)
+
+
+def _key_of_class(roles, class_id):
+    return next(k for k in roles.graph.shapes if roles.cls(k) == class_id)
+
+
+def _dtype_of(value):
+    dtype = str(getattr(value, "dtype", "float32"))
+    return "int32" if "int" in dtype else "float32"
+
+
+def _check_config_keys(config_keys):
+    if config_keys is None:
+        return {}
+    if not isinstance(config_keys, dict):
+        raise TypeError(f"config_keys must be a dict role -> key, got {config_keys!r}.")
+    out = {}
+    for role, keys in config_keys.items():
+        if role not in SIZE_KEYS:
+            raise ValueError(
+                f"config_keys: unknown role {role!r}; roles are {sorted(SIZE_KEYS)}."
+            )
+        out[role] = (keys,) if isinstance(keys, str) else tuple(keys)
+    return out

@@ -1,0 +1,433 @@
+"""Inferring the roles of a traced model's dimensions from its graph.
+
+Every tensor's feature (last) axis belongs to an *activation class*: tensors
+joined by per-feature operations (dropout, `x + y`, slicing, pooling) share
+one. Layers with weights start new classes (a `Dense` writes its own
+features; a LayerNorm writes the normalized features of its input). The roles
+then follow from the graph, never from names or sizes:
+
+- the **residual stream** is the class of the residual adds, adds whose one
+  operand is computed from the other (`x + f(x)`);
+- a model is **post-LN** when a LayerNorm maps the stream to the stream
+  (`LN(x + f(x))` feeds the next add), **pre-LN** when it maps the stream to
+  an activation that only layers read;
+- an **FFN intermediate** is a class written by layers that read the
+  (normalized) stream and read only by layers that write into the stream;
+- attention heads and head sizes come from the attention layers;
+- every other class (inputs, classifier outputs, a head whose width happens
+  to equal the hidden size) does not grow.
+
+The residual adds also give the **blocks** for depth growth: the adds along
+the stream, in order, grouped by the period of their layer pattern
+(attention, FFN, attention, FFN... -> blocks of two).
+"""
+
+import dataclasses
+
+import keras
+
+from keras_lemon.graph.feature_ops import allows
+from keras_lemon.graph.feature_ops import feature_behavior
+from keras_lemon.graph.feature_ops import touches_feature_axis
+from keras_lemon.index_maps import DimExpansion
+from keras_lemon.index_maps import FlattenedDim
+from keras_lemon.rules.core_layers import normalized_dim
+from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.registry import get_kind
+from keras_lemon.rules.registry import get_rule
+
+_ADD_OPS = ("Add",)
+
+
+def node_kind(node):
+    """`"link"`, a registered layer kind, a feature-op kind or `"opaque"`."""
+    op = node.operation
+    if op is None:
+        return "link"
+    if get_rule(op) is not None:
+        return get_kind(op) or "opaque"
+    behavior = feature_behavior(op)
+    return behavior.kind if behavior else "opaque"
+
+
+def describe_op(op):
+    return f"'{getattr(op, 'name', op)}' ({type(op).__name__})"
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, key):
+        self.parent.setdefault(key, key)
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a, b):
+        self.parent[self.find(a)] = self.find(b)
+
+
+@dataclasses.dataclass(eq=False)
+class Unit:
+    """One residual connection: `output = [LN](skip + branch)`."""
+
+    add: object
+    skip: int
+    branch: int
+    output: int
+    norm: object = None  # post-LN: the LayerNorm node after the add
+    out_projection: object = None  # the layer node that writes the branch
+    nodes: list = dataclasses.field(default_factory=list)
+
+    def signature(self):
+        return tuple(type(n.operation).__name__ for n in self.nodes if _is_leaf(n))
+
+
+@dataclasses.dataclass(eq=False)
+class Block:
+    """Consecutive units that repeat through the network (one transformer block)."""
+
+    units: list
+    input: int
+    output: int
+    nodes: list
+
+    def leaves(self):
+        return _unique_layers(n for n in self.nodes if _is_leaf(n))
+
+    def top_nodes(self):
+        seen, out = set(), []
+        for node in self.nodes:
+            top = node.top
+            if id(top) not in seen:
+                seen.add(id(top))
+                out.append(top)
+        return out
+
+
+def _is_leaf(node):
+    return node.operation is not None and isinstance(node.operation, keras.layers.Layer) \
+        and not node.inlined and bool(node.operation.weights)
+
+
+def _unique_layers(nodes):
+    seen, out = set(), []
+    for node in nodes:
+        if id(node.operation) not in seen:
+            seen.add(id(node.operation))
+            out.append(node.operation)
+    return out
+
+
+class GraphRoles:
+    """Activation classes, the residual stream and the blocks of a traced graph.
+
+    Args:
+        graph: a `keras_lemon.graph.trace.TensorGraph`.
+        model_name: used in error messages.
+    """
+
+    def __init__(self, graph, model_name):
+        self.graph = graph
+        self.model_name = model_name
+        self.classes = _UnionFind()
+        self.norm_input = {}  # LN output class -> LN input class
+        self.flatten_input = {}  # Flatten output class -> (outer, input class)
+        self.pointwise = []  # (node, linearity)
+        self.opaque = []
+        self.leaf_nodes = []
+        self.producers = graph.producers()
+        self.consumers = graph.consumers()
+        self._join_classes()
+        self._ancestors = self._compute_ancestors()
+        self.units = self._find_units()
+        if not self.units:
+            raise ExpansionError(
+                f"{model_name}: no residual connection (`x + f(x)`) found, so "
+                "there is no residual stream to widen. keras_lemon expands "
+                "transformers (pre-LN or post-LN residual blocks)."
+            )
+        self.stream_classes = {self.cls(k) for u in self.units for k in (u.skip, u.branch)} \
+            | {self.cls(u.add.outputs[0]) for u in self.units}
+        self.hidden = self._stream_size()
+        self.post_ln = self._detect_post_ln()
+        self.ffn_classes = self._find_ffn_classes()
+        self.attention_nodes = [n for n in self.leaf_nodes if node_kind(n) == "attention"]
+        for unit in self.units:
+            self._complete_unit(unit)
+        self.blocks = self._group_blocks()
+
+    def cls(self, key):
+        return self.classes.find(key)
+
+    def size(self, key):
+        return self.graph.shapes[key][-1]
+
+    # --- classes -------------------------------------------------------------
+
+    def _join_classes(self):
+        shapes = self.graph.shapes
+        for node in self.graph.nodes:
+            if node.inlined:
+                continue
+            kind = node_kind(node)
+            for key in node.inputs + node.outputs:
+                self.classes.find(key)
+            if node.operation is not None and get_rule(node.operation) is not None:
+                self.leaf_nodes.append(node)
+            if kind == "link":
+                self.classes.union(node.inputs[0], node.outputs[0])
+            elif kind == "pointwise":
+                behavior = feature_behavior(node.operation)
+                linearity = behavior.linearity if behavior else "linear"
+                out = node.outputs[0]
+                same = [k for k in node.inputs
+                        if shapes[k] and shapes[out] and shapes[k][-1] == shapes[out][-1]]
+                if (behavior and touches_feature_axis(behavior, node, shapes)) or not same:
+                    self.opaque.append(node)
+                    continue
+                if len(same) > 1 and type(node.operation).__name__ in ("Multiply", "Divide", "TrueDivide"):
+                    linearity = "per-feature"
+                for key in same:
+                    self.classes.union(key, out)
+                self.pointwise.append((node, linearity))
+            elif kind == "flatten":
+                shape = shapes[node.inputs[0]]
+                outer = 1
+                for size in shape[1:-1]:
+                    outer *= size
+                self.flatten_input[node.outputs[0]] = (outer, node.inputs[0])
+            elif kind == "normalization":
+                self.norm_input[node.outputs[0]] = node.inputs[0]
+            elif kind == "opaque":
+                self.opaque.append(node)
+        # Re-key the relations by class now that every union is done.
+        self.norm_input = {self.cls(o): self.cls(i) for o, i in self.norm_input.items()}
+        self.flatten_input = {self.cls(o): (n, self.cls(i)) for o, (n, i) in self.flatten_input.items()}
+
+    def _compute_ancestors(self):
+        ancestors = {}
+        for node in self.graph.nodes:
+            if node.inlined:
+                continue
+            upstream = set()
+            for key in node.inputs:
+                upstream |= ancestors.get(key, set())
+                upstream.add(key)
+            for key in node.outputs:
+                ancestors[key] = upstream
+        return ancestors
+
+    def is_ancestor(self, a, b):
+        return a in self._ancestors.get(b, ())
+
+    # --- residual units ------------------------------------------------------
+
+    def _find_units(self):
+        units = []
+        for node in self.graph.nodes:
+            op = node.operation
+            if node.inlined or op is None or type(op).__name__ not in _ADD_OPS:
+                continue
+            if len(node.inputs) != 2:
+                continue
+            a, b = node.inputs
+            if self.is_ancestor(a, b):
+                units.append(Unit(node, a, b, node.outputs[0]))
+            elif self.is_ancestor(b, a):
+                units.append(Unit(node, b, a, node.outputs[0]))
+        return units
+
+    def _stream_size(self):
+        sizes = {self.size(u.add.outputs[0]) for u in self.units}
+        if len(sizes) != 1:
+            raise ExpansionError(
+                f"{self.model_name}: residual connections of different widths "
+                f"{sorted(sizes)}; keras_lemon expands one residual stream."
+            )
+        return sizes.pop()
+
+    def _detect_post_ln(self):
+        # A LayerNorm that maps the stream back into the stream (its output
+        # is a residual operand) makes the model post-LN. Other LayerNorms
+        # reading the stream (a final one before the head) then normalize a
+        # circular stream with no partial copy, which stays circular: exact.
+        return any(i in self.stream_classes and o in self.stream_classes
+                   for o, i in self.norm_input.items())
+
+    def _find_ffn_classes(self):
+        """Classes written from the stream and read only by writers into the stream."""
+        expanded = set(self.stream_classes) | {
+            o for o, i in self.norm_input.items() if i in self.stream_classes}
+        readers = {}
+        for node in self.graph.nodes:
+            if node.inlined or node.operation is None:
+                continue
+            for key in node.inputs:
+                readers.setdefault(self.cls(key), []).append(node)
+        ffn = set()
+        for node in self.leaf_nodes:
+            if node_kind(node) != "projection" or not node.inputs:
+                continue
+            out = self.cls(node.outputs[0])
+            if out in self.stream_classes or self.cls(node.inputs[0]) not in expanded:
+                continue
+            nodes = readers.get(out, [])
+            writes = [n for n in nodes if n.operation is not None and get_rule(n.operation)
+                      and node_kind(n) == "projection"]
+            others = [n for n in nodes if n not in writes and node_kind(n) not in ("pointwise", "link")]
+            if writes and not others and all(self.cls(n.outputs[0]) in self.stream_classes for n in writes):
+                ffn.add(out)
+        return ffn
+
+    def _complete_unit(self, unit):
+        if self.post_ln:
+            norm = self._follow_to_norm(unit.output)
+            if norm is not None:
+                unit.norm, unit.output = norm, norm.outputs[0]
+        unit.out_projection = self._writer(unit.branch)
+        inside = self._ancestors.get(unit.output, set()) | {unit.output}
+        before = self._ancestors.get(unit.skip, set()) | {unit.skip}
+        for node in self.graph.nodes:
+            if node.inlined or not node.outputs:
+                continue
+            out = node.outputs[0]
+            if out in inside and out not in before and (
+                unit.skip in self._ancestors.get(out, ()) or not node.inputs
+            ):
+                unit.nodes.append(node)
+
+    def _follow_to_norm(self, key):
+        for _ in range(8):
+            readers = self.consumers.get(key, [])
+            if len(readers) != 1:
+                return None
+            node = readers[0]
+            if node_kind(node) == "normalization":
+                return node
+            if node_kind(node) not in ("pointwise", "link"):
+                return None
+            key = node.outputs[0]
+        return None
+
+    def _writer(self, key):
+        """The layer node whose output reaches `key` through per-feature ops."""
+        for _ in range(16):
+            node = self.producers.get(key)
+            if node is None:
+                return None
+            if node_kind(node) in ("pointwise", "link") and node.inputs:
+                same = [k for k in node.inputs if self.cls(k) == self.cls(key)]
+                if len(same) != 1:
+                    return None
+                key = same[0]
+                continue
+            return node if _is_leaf(node) else None
+        return None
+
+    # --- blocks --------------------------------------------------------------
+
+    def _group_blocks(self):
+        units = self.units
+        for a, b in zip(units, units[1:]):
+            if b.skip != a.output and not self._same_tensor(a.output, b.skip):
+                return []
+        signatures = [u.signature() for u in units]
+        n = len(units)
+        for period in range(1, n + 1):
+            if n % period == 0 and all(signatures[j] == signatures[j % period] for j in range(n)):
+                break
+        blocks = []
+        for start in range(0, n, period):
+            group = units[start:start + period]
+            nodes = []
+            for unit in group:
+                nodes.extend(x for x in unit.nodes if x not in nodes)
+            blocks.append(Block(group, group[0].skip, group[-1].output, nodes))
+        return blocks
+
+    def _same_tensor(self, a, b):
+        """`b` is `a` passed on through links (into or out of containers)."""
+        key = b
+        for _ in range(8):
+            node = self.producers.get(key)
+            if node is None or node.operation is not None:
+                return False
+            key = node.inputs[0]
+            if key == a:
+                return True
+        return False
+
+    # --- dims ----------------------------------------------------------------
+
+    def class_dims(self, stream, intermediate):
+        """A function: tensor key -> `DimExpansion` of its feature axis.
+
+        Args:
+            stream: `DimExpansion` of the residual stream.
+            intermediate: dict FFN source width -> target width.
+        """
+        memo = {}
+
+        def dim(key):
+            c = self.cls(key)
+            if c in memo:
+                return memo[c]
+            if c in self.stream_classes:
+                result = stream
+            elif c in self.norm_input:
+                result = normalized_dim(dim(self.norm_input[c]))
+                if result is None:
+                    raise ExpansionError(
+                        f"{self.model_name}: a LayerNormalization reads an "
+                        f"activation expanded {dim(self.norm_input[c]).describe()}, "
+                        "which no LayerNorm can normalize exactly; use a width "
+                        f"that is a multiple of {self.hidden}."
+                    )
+            elif c in self.flatten_input:
+                outer, inner = self.flatten_input[c]
+                inner = dim(inner)
+                size = self.size(key)
+                result = DimExpansion(size, size) if inner.is_identity else FlattenedDim(outer, inner)
+            elif c in self.ffn_classes:
+                size = self.size(key)
+                result = DimExpansion(size, intermediate[size], "circular")
+            else:
+                size = self.size(key)
+                result = DimExpansion(size, size)
+            memo[c] = result
+            return result
+
+        # Make classes that are looked up by class id resolvable by any key.
+        return dim
+
+    def check(self, dim):
+        """Raises for operations that cannot pass an expanded activation exactly."""
+        for node in self.opaque:
+            keys = node.inputs + node.outputs
+            grown = [k for k in keys if not dim(k).is_identity]
+            if grown and node.operation is not None:
+                op = node.operation
+                advice = (
+                    f"register a rule with keras_lemon.register_rule({type(op).__name__}, "
+                    "kind=...)" if isinstance(op, keras.layers.Layer)
+                    else "compute it with per-feature keras.ops (or move it out of the stream)"
+                )
+                raise ExpansionError(
+                    f"{self.model_name}: operation {describe_op(op)} reads or writes an "
+                    f"activation that grows ({dim(grown[0]).describe()}), and keras_lemon "
+                    "does not know how it treats features (it may mix or reduce them), "
+                    f"so the expansion could not be exact. To fix: {advice}."
+                )
+        for node, linearity in self.pointwise:
+            d = dim(node.outputs[0])
+            if d.extras and not allows(linearity, d.pattern):
+                raise ExpansionError(
+                    f"{self.model_name}: operation {describe_op(node.operation)} is "
+                    f"{linearity}, but its activation is expanded {d.describe()}: "
+                    f"'{d.pattern}' extras survive only "
+                    + ("linear maps" if d.pattern == "average" else "maps with f(0) = 0")
+                    + f". Use a hidden size that is a multiple of {d.source}."
+                )

@@ -1,0 +1,279 @@
+"""Tracing a Keras model into one flat graph of layer calls and tensor ops.
+
+A functional model already is a graph, but its nested models and custom
+layers are opaque nodes, and a subclassed model has no graph at all. Both are
+opened the same way: a layer's Python `call` is run on symbolic
+`keras.KerasTensor`s, so that every sublayer call and every `keras.ops`
+operation in it (`x + y` included) records a node. Nodes whose operation is a
+nested model or a custom layer without an expansion rule are opened in turn
+("inlined"), down to layers that have a rule (Dense, LayerNormalization,
+MultiHeadAttention...) and to stateless operations.
+
+Two kinds of values enter the graph without being symbolic, and are linked so
+that their roles can be inferred too:
+
+- variables a layer uses directly (`x + self.position_table`),
+- outputs of sublayers called on constants while tracing (a position
+  `Embedding` called on `ops.arange(n)`), recorded by wrapping the sublayers'
+  `call` for the duration of the trace.
+
+Tracing calls layers symbolically, which appends nodes to their
+`_inbound_nodes`; those lists are restored afterwards so that the traced
+model is left exactly as it was.
+"""
+
+import contextlib
+import dataclasses
+
+import keras
+
+from keras_lemon.rules.registry import get_rule
+
+
+@dataclasses.dataclass(eq=False)
+class TraceNode:
+    """One call of an operation in the traced graph.
+
+    Attributes:
+        operation: the layer or `keras.ops` operation called.
+        args, kwargs: its arguments (KerasTensors, variables, constants).
+        inputs: keys of the arguments that are graph tensors.
+        outputs: keys of its outputs.
+        parent: the inlined node this call was traced inside (None at the
+            top level of the model).
+        inlined: True when the call was opened into its own nodes.
+    """
+
+    operation: object
+    args: tuple
+    kwargs: dict
+    inputs: list
+    outputs: list
+    parent: object = None
+    inlined: bool = False
+
+    @property
+    def top(self):
+        """The top-level node this call belongs to."""
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    def argument(self, position, name):
+        """The argument passed at `position` or as `name`, or None."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        return self.args[position] if len(self.args) > position else None
+
+
+class TensorGraph:
+    """The traced graph: nodes in topological order and their tensors.
+
+    Tensors are keyed by `id()` of the traced object (kept alive here). An
+    inlined node's outputs are tied to what its body returned by *link*
+    nodes (`operation` None): the same values under two keys.
+    """
+
+    def __init__(self):
+        self.nodes = []
+        self.shapes = {}
+        self.dtypes = {}
+        self.inputs = []
+        self.outputs = []
+        self.output_structure = None
+        self.input_structure = None
+        self._keep = []
+        self._eager = {}
+        self._parents = [None]
+
+    def key(self, value):
+        key = id(value)
+        if key not in self.shapes:
+            self.shapes[key] = tuple(value.shape)
+            self.dtypes[key] = str(getattr(value, "dtype", "float32"))
+            self._keep.append(value)
+        return key
+
+    def is_tensor(self, value):
+        return isinstance(value, keras.KerasTensor) or isinstance(value, keras.Variable) \
+            or id(value) in self._eager
+
+    def producers(self):
+        """Map tensor key -> the (non-inlined) node that produces it."""
+        out = {}
+        for node in self.nodes:
+            if not node.inlined:
+                for key in node.outputs:
+                    out[key] = node
+        return out
+
+    def consumers(self):
+        out = {}
+        for node in self.nodes:
+            if not node.inlined:
+                for key in node.inputs:
+                    out.setdefault(key, []).append(node)
+        return out
+
+    # --- tracing -------------------------------------------------------------
+
+    def trace(self, layer, args, kwargs, parent=None):
+        """Runs `layer.call` on symbolic arguments and records its nodes."""
+        stop = {id(t) for t in keras.tree.flatten((args, kwargs))
+                if isinstance(t, keras.KerasTensor)}
+        self._parents.append(parent)
+        try:
+            outputs = layer.call(*args, **kwargs)
+        finally:
+            self._parents.pop()
+        for node in _nodes_between(outputs, stop):
+            self._add(node, parent)
+        return outputs
+
+    def _add(self, keras_node, parent):
+        op = keras_node.operation
+        arguments = keras_node.arguments
+        values = keras.tree.flatten((arguments.args, arguments.kwargs))
+        node = TraceNode(
+            operation=op, args=arguments.args, kwargs=arguments.kwargs,
+            inputs=[self.key(v) for v in values if self.is_tensor(v)],
+            outputs=[self.key(t) for t in keras_node.outputs], parent=parent,
+        )
+        self.nodes.append(node)
+        if should_inline(op):
+            node.inlined = True
+            inner = keras.tree.flatten(self.trace(op, arguments.args, arguments.kwargs, node))
+            if len(inner) != len(node.outputs):
+                raise ValueError(
+                    f"Tracing '{op.name}' ({type(op).__name__}) returned "
+                    f"{len(inner)} tensors, its node has {len(node.outputs)}."
+                )
+            # The container's outputs are its body's outputs: a link node
+            # (operation None) makes that an identity edge of the graph.
+            for outer, value in zip(node.outputs, inner):
+                self.nodes.append(TraceNode(
+                    operation=None, args=(), kwargs={}, inputs=[self.key(value)],
+                    outputs=[outer], parent=node,
+                ))
+
+    @contextlib.contextmanager
+    def recording_eager_calls(self, layer):
+        """Records sublayers of `layer` called on constants as nodes."""
+        wrapped = []
+        for sub in layer._flatten_layers(include_self=False, recursive=True):
+            if "call" in vars(sub):
+                continue
+            original = sub.call
+
+            def call(*args, __sub=sub, __original=original, **kwargs):
+                result = __original(*args, **kwargs)
+                flat = keras.tree.flatten((args, kwargs))
+                if flat and not any(isinstance(v, keras.KerasTensor) for v in flat) \
+                        and all(_is_concrete(v) for v in flat):
+                    self._record_eager(__sub, args, kwargs, result)
+                return result
+
+            sub.call = call
+            wrapped.append(sub)
+        try:
+            yield
+        finally:
+            for sub in wrapped:
+                del sub.call
+
+    def _record_eager(self, layer, args, kwargs, result):
+        outputs = keras.tree.flatten(result)
+        for value in outputs:
+            self._eager[id(value)] = layer
+        self.nodes.append(TraceNode(
+            operation=layer, args=args, kwargs=kwargs, inputs=[],
+            outputs=[self.key(v) for v in outputs], parent=self._parents[-1],
+        ))
+
+
+def _is_concrete(value):
+    """A real backend value (not a tracer of `compute_output_spec`)."""
+    if isinstance(value, (int, float, bool, str)) or value is None:
+        return True
+    try:
+        keras.ops.convert_to_numpy(value)
+        return True
+    except Exception:  # jax tracers, TF graph tensors, torch meta tensors
+        return False
+
+
+def _nodes_between(outputs, stop):
+    """Keras nodes from `outputs` back to the tensors in `stop`, topologically."""
+    order, seen = [], set()
+
+    def visit(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        if id(tensor) in stop or history is None or history.operation is None:
+            return
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for arg in node.arguments.keras_tensors:
+            visit(arg)
+        order.append(node)
+
+    for tensor in keras.tree.flatten(outputs):
+        visit(tensor)
+    return order
+
+
+def should_inline(op):
+    """Nested models and custom layers without a rule are opened up."""
+    if isinstance(op, keras.Model):
+        return True
+    if not isinstance(op, keras.layers.Layer) or get_rule(op) is not None:
+        return False
+    from keras_lemon.graph.feature_ops import feature_behavior
+
+    if feature_behavior(op) is not None:
+        return False
+    return not type(op).__module__.startswith("keras.")
+
+
+@contextlib.contextmanager
+def preserved_nodes(model):
+    """Restores the node lists of every operation in `model` on exit."""
+    ops = {}
+
+    def collect(layer):
+        for op in [layer, *layer._flatten_layers(include_self=False, recursive=True)]:
+            ops[id(op)] = op
+            for inner in getattr(op, "operations", None) or []:
+                ops.setdefault(id(inner), inner)
+
+    collect(model)
+    saved = {k: (list(op._inbound_nodes), list(op._outbound_nodes)) for k, op in ops.items()}
+    try:
+        yield
+    finally:
+        for k, op in ops.items():
+            op._inbound_nodes[:] = saved[k][0]
+            op._outbound_nodes[:] = saved[k][1]
+
+
+def trace_model(model, input_specs):
+    """Traces `model` on symbolic inputs shaped like `input_specs`.
+
+    Args:
+        model: a built `keras.Model` (functional or subclassed).
+        input_specs: a structure of `keras.KerasTensor` matching what
+            `model.call` takes as its first argument.
+
+    Returns:
+        A `TensorGraph`.
+    """
+    graph = TensorGraph()
+    graph.input_structure = input_specs
+    graph.inputs = [graph.key(t) for t in keras.tree.flatten(input_specs)]
+    with preserved_nodes(model), graph.recording_eager_calls(model):
+        outputs = graph.trace(model, (input_specs,), {})
+    graph.output_structure = outputs
+    graph.outputs = [graph.key(t) for t in keras.tree.flatten(outputs)]
+    return graph

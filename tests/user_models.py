@@ -50,6 +50,10 @@ class PatchEncoder(layers.Layer):
         self.projection = layers.Dense(units=projection_dim)
         self.position_embedding = layers.Embedding(input_dim=num_patches, output_dim=projection_dim)
 
+    def build(self, input_shape):
+        self.projection.build(input_shape)
+        self.position_embedding.build((1, self.num_patches))
+
     def call(self, patch):
         positions = ops.expand_dims(ops.arange(start=0, stop=self.num_patches, step=1), axis=0)
         return self.projection(patch) + self.position_embedding(positions)
@@ -94,6 +98,10 @@ class TokenAndPositionEmbedding(layers.Layer):
         self.vocab_size, self.max_len, self.embed_dim = vocab_size, max_len, embed_dim
         self.token_emb = layers.Embedding(vocab_size, embed_dim)
         self.pos_emb = layers.Embedding(max_len, embed_dim)
+
+    def build(self, input_shape):
+        self.token_emb.build(input_shape)
+        self.pos_emb.build((self.max_len,))
 
     def call(self, x):
         positions = ops.arange(0, self.max_len)
@@ -150,6 +158,13 @@ class EncoderBlock(layers.Layer):
         self.fc2 = layers.Dense(hidden_dim)
         self.drop = layers.Dropout(dropout)
 
+    def build(self, input_shape):
+        for norm in (self.norm1, self.norm2):
+            norm.build(input_shape)
+        self.attn.build(input_shape, input_shape)
+        self.fc1.build(input_shape)
+        self.fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+
     def call(self, x, training=False):
         h = self.norm1(x)
         x = x + self.drop(self.attn(h, h, training=training), training=training)
@@ -179,7 +194,12 @@ class EncoderClassifier(keras.Model):
     def build(self, input_shape):
         self.position = self.add_weight(
             shape=(self.seq_len, self.hidden_dim), initializer="random_normal", name="position")
-        self.built = True
+        self.embed.build(input_shape)
+        features = tuple(input_shape) + (self.hidden_dim,)
+        for block in self.blocks:
+            block.build(features)
+        self.norm.build(features)
+        self.head.build((input_shape[0], self.hidden_dim))
 
     def call(self, tokens, training=False):
         x = self.embed(tokens) + self.position

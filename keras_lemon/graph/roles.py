@@ -410,13 +410,21 @@ class GraphRoles:
             grown = [k for k in keys if not dim(k).is_identity]
             if grown and node.operation is not None:
                 op = node.operation
+                owner = node.parent.operation if node.parent is not None else None
+                where = ""
+                if isinstance(owner, keras.layers.Layer) and not isinstance(owner, keras.Model):
+                    where = f" inside layer {describe_op(owner)}"
+                    op_for_rule = owner
+                else:
+                    op_for_rule = op
                 advice = (
-                    f"register a rule with keras_lemon.register_rule({type(op).__name__}, "
-                    "kind=...)" if isinstance(op, keras.layers.Layer)
+                    "register a rule for it with keras_lemon.register_rule("
+                    f"{type(op_for_rule).__name__}, rule, kind=...)"
+                    if isinstance(op_for_rule, keras.layers.Layer)
                     else "compute it with per-feature keras.ops (or move it out of the stream)"
                 )
                 raise ExpansionError(
-                    f"{self.model_name}: operation {describe_op(op)} reads or writes an "
+                    f"{self.model_name}: operation {describe_op(op)}{where} reads or writes an "
                     f"activation that grows ({dim(grown[0]).describe()}), and keras_lemon "
                     "does not know how it treats features (it may mix or reduce them), "
                     f"so the expansion could not be exact. To fix: {advice}."

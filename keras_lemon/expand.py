@@ -136,7 +136,11 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
 
     Args:
         model: a keras-hub `BertBackbone`, `BertMaskedLM`, `BertTextClassifier`,
-            `ViTBackbone` or `ViTImageClassifier`.
+            `ViTBackbone` or `ViTImageClassifier`; or a built `keras.Model` of
+            your own, functional (nested models and custom layers inside
+            allowed) or subclassed (rebuilt with `from_config`), whose roles
+            are inferred from its graph (see
+            `keras_lemon.adapters.keras_models`).
         hidden: int. Target hidden size (default: unchanged). Post-LN models
             (BERT) need a multiple of the source's; pre-LN (ViT) any larger.
         layers: int. Target number of blocks (default: unchanged).
@@ -152,14 +156,27 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
             Net2Net / bert2BERT-FPI baseline).
         seed: int. Seeds LEMON's random draws; the same seed gives the same
             weights on every backend. Default: a fresh random seed.
+        config_keys: for your own models: dict role -> config key naming the
+            sizes in `get_config()` of a subclassed model or custom layer
+            when their names are unusual; roles `"hidden"`, `"layers"`,
+            `"heads"`, `"intermediate"`, `"head_dim"`. Common names
+            (`hidden_dim`, `d_model`, `num_layers`, `mlp_dim`...) are known.
+        sample_inputs: for your own models: a batch of inputs, used to trace
+            a subclassed model whose input shape is not in its build config,
+            and as the probe of the lossless check.
+        verify: for your own models: compare the expanded model with the
+            source on a probe batch and raise if they differ (by more than
+            1e-4 relative, or 10x the LayerNorm epsilon for post-LN depth
+            growth). Default True.
 
     Returns:
         A new `keras.Model` of the same class as `model`.
 
     Raises:
         ValueError: for shrinking, heads that do not fit the width, a post-LN
-            width that is not a multiple, or an unsupported model; the message
-            names the model or layer and the possible choices.
+            width that is not a multiple, an unsupported model, or a layer or
+            operation of your model that cannot be expanded exactly; the
+            message names the model or layer and the possible choices.
 
     Example:
 

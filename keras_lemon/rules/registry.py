@@ -169,26 +169,37 @@ class ExpansionContext:
     def fan_in(self, name, fan_in, fan_out=None, scale=1.0):
         """Target = source split over the copies of its inputs (see `fan_in_split`).
 
+        The random shares vary along the fan-in axes only: the copies of an
+        *output* unit keep identical incoming weights (the fan-out axes are
+        expanded after the split). So copies stay bitwise equal in the
+        forward pass, and float round-off cannot make them drift apart and
+        be amplified by the blocks that follow. Symmetry is still broken as
+        in LEMON: each consumer weights the copies of its inputs unequally,
+        so the copies receive different gradients.
+
         Args:
             name: variable attribute name.
             fan_in: `{axis: dim}` of the axes that read expanded activations
                 (for a query kernel whose head size grows, also that axis).
-            fan_out: `{axis: dim}` of output axes, expanded first.
+            fan_out: `{axis: dim}` of output axes.
             scale: multiplies the result (query scale when key_dim grows).
         """
         fan_out = fan_out or {}
-        weight = index_maps.fan_out(self.source_value(name), fan_out)
+        weight = self.source_value(name)
         noise = self.noise(name, _target_shape(weight.shape, fan_in), weight)
-        value = index_maps.fan_in_split(weight, noise, fan_in)
+        value = index_maps.fan_out(index_maps.fan_in_split(weight, noise, fan_in), fan_out)
         how = _how("fan-in", fan_in) + (" " + _how("fan-out", fan_out) if fan_out else "")
         self.set(name, value * scale if scale != 1.0 else value, how + _scale_note(scale))
 
     def cancel(self, name, fan_in, fan_out=None):
-        """Target weights whose inputs' copies sum to zero: the layer outputs 0."""
+        """Target weights whose inputs' copies sum to zero: the layer outputs 0.
+
+        As in `fan_in`, the noise varies along the fan-in axes only.
+        """
         fan_out = fan_out or {}
         source = self.source_value(name)
-        shape = _target_shape(_target_shape(source.shape, fan_out), fan_in)
-        value = index_maps.cancel(self.noise(name, shape, source), fan_in)
+        noise = self.noise(name, _target_shape(source.shape, fan_in), source)
+        value = index_maps.fan_out(index_maps.cancel(noise, fan_in), fan_out)
         kind = "zero" if self.method == "net2net" else "cancel (copies sum to 0)"
         self.set(name, value, f"{kind} [{_axes_note(fan_in)}]")
 

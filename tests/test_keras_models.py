@@ -54,7 +54,10 @@ def test_lossless(user_model, case):
     name, model, inputs = user_model
     before = weights_hash(model)
     expected = _outputs(model, inputs)
+    nodes = {id(x): len(x._inbound_nodes) for x in model._flatten_layers()}
     big = keras_lemon.expand_model(model, seed=0, **CASES[case])
+    # Tracing calls the source's layers symbolically; their graph is restored.
+    assert {id(x): len(x._inbound_nodes) for x in model._flatten_layers()} == nodes
     assert type(big) is type(model)
     assert relative_error(expected, _outputs(big, inputs)) <= TOLERANCE
     assert big.count_params() > model.count_params()
@@ -139,9 +142,9 @@ def test_config_keys_for_unusual_names():
             super().__init__(**kwargs)
             self.size, self.blocks_count = size, blocks
             self.inp = layers.Dense(size)
-            self.ffn = [(layers.LayerNormalization(), layers.Dense(2 * size, activation="relu"),
-                         layers.Dense(size)) for _ in range(blocks)]
-            self.flat = [layer for triple in self.ffn for layer in triple]
+            # Blocks as a list of lists of layers.
+            self.ffn = [[layers.LayerNormalization(), layers.Dense(2 * size, activation="relu"),
+                         layers.Dense(size)] for _ in range(blocks)]
             self.out = layers.Dense(3)
 
         def call(self, x):
@@ -158,7 +161,9 @@ def test_config_keys_for_unusual_names():
     randomize(model)
     with pytest.raises(ValueError, match="config_keys"):
         keras_lemon.expand_model(model, hidden=16)
-    big = keras_lemon.expand_model(model, hidden=16, config_keys={"hidden": "size"}, seed=0)
+    big = keras_lemon.expand_model(model, hidden=16, layers=3, seed=0,
+                                   config_keys={"hidden": "size", "layers": ("blocks",)})
+    assert (big.size, len(big.ffn)) == (16, 3)
     x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
     assert relative_error(_outputs(model, x), _outputs(big, x)) <= TOLERANCE
     with pytest.raises(ValueError, match="unknown role"):

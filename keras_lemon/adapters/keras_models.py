@@ -396,7 +396,7 @@ class KerasModelAdapter:
             if not isinstance(child, (list, tuple)) or len(child) != len(blocks):
                 continue
             if all(set(id(x) for x in block.leaves())
-                   <= {id(x) for x in child[b]._flatten_layers()}
+                   <= {id(x) for x in _layers_in(child[b])}
                    for b, block in enumerate(blocks)):
                 grown = getattr(new_model, name)
                 if len(grown) != len(specs):
@@ -706,7 +706,7 @@ def _own_variables(layer):
 
 
 def _children(layer):
-    """(attribute, sublayer or list of sublayers) in definition order."""
+    """(attribute, sublayer or (nested) list of sublayers) in definition order."""
     out, seen = [], set()
     attributes = dict(vars(layer))
     # On the torch backend, sublayers are torch modules, kept in `_modules`.
@@ -717,35 +717,50 @@ def _children(layer):
         if isinstance(value, keras.layers.Layer) and id(value) not in seen:
             seen.add(id(value))
             out.append((name, value))
-        elif isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, keras.layers.Layer) for v in value):
-            out.append((name, list(value)))
+        elif _is_layer_list(value):
+            out.append((name, value))
     return out
+
+
+def _is_layer_list(value):
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, keras.layers.Layer) or _is_layer_list(v) for v in value)
+
+
+def _layers_in(value):
+    """Every layer in a layer or a nested list of layers, sublayers included."""
+    if isinstance(value, keras.layers.Layer):
+        return value._flatten_layers()
+    return [layer for item in value for layer in _layers_in(item)]
 
 
 def _pair(source, target, t, targets, block_list, specs):
     """Maps each source sublayer to its target counterpart, by attribute path."""
-    if get_rule(source) is not None or not _is_custom(source) and not isinstance(source, keras.Model):
-        targets[(t, id(source))] = target
-        return
     targets[(t, id(source))] = target
+    if get_rule(source) is not None or not _is_custom(source) and not isinstance(source, keras.Model):
+        return
     for name, child in _children(source):
         other = getattr(target, name, None)
-        if isinstance(child, list):
-            other = list(other or [])
-            if name == block_list:
-                for index, target_child in enumerate(other):
-                    _pair(child[specs[index].template], target_child, index, targets, None, specs)
-                continue
-            if len(other) != len(child):
-                raise ExpansionError(
-                    f"Layer '{source.name}': its list '{name}' has {len(child)} "
-                    f"layers, the rebuilt one {len(other)}."
-                )
-            for a, b in zip(child, other):
-                _pair(a, b, t, targets, None, specs)
-        elif other is not None:
-            _pair(child, other, t, targets, None, specs)
+        if name == block_list:
+            for index, target_child in enumerate(other):
+                _pair_value(child[specs[index].template], target_child, index, targets, specs)
+        else:
+            _pair_value(child, other, t, targets, specs, where=f"{source.name}.{name}")
+
+
+def _pair_value(source, target, t, targets, specs, where=""):
+    if isinstance(source, keras.layers.Layer):
+        if target is not None:
+            _pair(source, target, t, targets, None, specs)
+        return
+    target = list(target or [])
+    if len(target) != len(source):
+        raise ExpansionError(
+            f"'{where}' holds {len(source)} layers in the source and "
+            f"{len(target)} in the rebuilt model."
+        )
+    for a, b in zip(source, target):
+        _pair_value(a, b, t, targets, specs, where)
 
 
 def _is_custom(layer):

@@ -8,7 +8,9 @@ References:
     arXiv:2310.07999.
 """
 
+from keras_lemon import callbacks  # noqa: F401
 from keras_lemon import rules  # noqa: F401  (registers the built-in rules)
+from keras_lemon import schedules  # noqa: F401
 from keras_lemon.depth import BlockSpec
 from keras_lemon.depth import depth_plan
 from keras_lemon.expand import expand_model

@@ -69,8 +69,7 @@ class Job:
     key_layer: object  # the source layer that locates the target
     dims: dict
     flags: dict
-    rule: object = None
-    own: bool = False
+    rule: object = None  # overrides the registered rule
 
 
 class KerasModelAdapter:
@@ -230,7 +229,11 @@ class KerasModelAdapter:
         return out, dim_of
 
     def jobs(self, dims, specs):
-        """Every layer (and container's own variables) to expand, with flags."""
+        """Every layer (and container's own variables) to expand, with flags.
+
+        Also fixes the per-layer dims that `build_target` sizes layers by,
+        so it runs first.
+        """
         leaf_dims, dim_of = self.leaf_dims(dims)
         self._leaf_dims_by_id = leaf_dims
         self._dim_of = dim_of
@@ -325,7 +328,7 @@ class KerasModelAdapter:
             blocks = [None] if b is None else [t for t, s in enumerate(specs) if s.template == b]
             for t in blocks:
                 jobs.append(Job(t, layer, layer, dict(dims), {"axes": axes},
-                                rule=expand_own_variables, own=True))
+                                rule=expand_own_variables))
         return jobs
 
     def _copy_jobs(self, dim_of):

@@ -3,8 +3,9 @@
 Steps: build and briefly pre-train a small BertMaskedLM on real English text
 (Python's docstrings), save it as a local keras-hub preset, load it back with
 `from_preset`, print the expansion plan, expand it, measure the max |diff|
-of the masked-LM logits on real inputs, fine-tune the expanded model a few
-steps with `fit`, and save it with `save_to_preset`.
+of the masked-LM logits on real inputs, fine-tune the expanded model with
+`fit` on LEMON's compressed schedule (`LemonSchedule`) with the lossless,
+budget and symmetry callbacks, and save it with `save_to_preset`.
 
 Usage: python examples/expand_bert.py [--out DIR] [--preset DIR]
 """
@@ -19,6 +20,10 @@ import numpy as np
 
 import keras_lemon
 from _corpus import sentences
+from keras_lemon.callbacks import ComputeBudget
+from keras_lemon.callbacks import LosslessCheck
+from keras_lemon.callbacks import SymmetryMonitor
+from keras_lemon.schedules import LemonSchedule
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -73,9 +78,23 @@ def main():
           f"({diff / np.abs(before).max():.3g} relative to max |logit| "
           f"{np.abs(before).max():.3g})")
 
-    big.compile(optimizer=keras.optimizers.AdamW(2e-4), weighted_metrics=[])
-    print("Fine-tuning the expanded model:")
-    big.fit(np.array(corpus), batch_size=32, epochs=1, steps_per_epoch=20)
+    # A from-scratch recipe of 50 steps (peak 2e-4, warmup 5, cosine to 0.1x
+    # peak), compressed by LEMON to 40% of it: same peak, decayed by step 20.
+    scratch_steps = 50
+    schedule = LemonSchedule.from_recipe(2e-4, total_steps=scratch_steps, fraction=0.4,
+                                         warmup_steps=5, alpha=0.1)
+    big.compile(optimizer=keras.optimizers.AdamW(schedule), weighted_metrics=[])
+    print("Fine-tuning the expanded model on LEMON's schedule:")
+    history = big.fit(
+        np.array(corpus), batch_size=32, epochs=10, steps_per_epoch=5,
+        callbacks=[LosslessCheck(small, x), ComputeBudget(scratch_steps, schedule=schedule),
+                   SymmetryMonitor(small)],
+    )
+    logs = history.history
+    print(f"Stopped after {logs['budget_steps'][-1]} steps = "
+          f"{logs['budget_fraction'][-1]:.0%} of the from-scratch budget; distance "
+          f"between duplicated units: {logs['symmetry_distance'][0]:.2e} -> "
+          f"{logs['symmetry_distance'][-1]:.2e}")
     out = os.path.join(args.out, "bert_expanded")
     big.save_to_preset(out)
     print(f"Saved the expanded model to {out}/ "

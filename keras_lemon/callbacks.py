@@ -22,6 +22,7 @@ References:
 import keras
 import numpy as np
 
+from keras_lemon.lossless import output_error
 from keras_lemon.schedules import LemonSchedule
 
 
@@ -137,20 +138,7 @@ class LosslessCheck(keras.callbacks.Callback):
         self.error = None
 
     def on_train_begin(self, logs=None):
-        expected = keras.tree.flatten(self.source(self.probe, training=False))
-        actual = keras.tree.flatten(self.model(self.probe, training=False))
-        if len(expected) != len(actual):
-            raise ValueError(
-                f"LosslessCheck: the model returns {len(actual)} outputs, its source "
-                f"{len(expected)}."
-            )
-        error = 0.0
-        for a, b in zip(expected, actual):
-            a = keras.ops.convert_to_numpy(a).astype("float64")
-            b = keras.ops.convert_to_numpy(b).astype("float64")
-            if a.shape != b.shape:
-                raise ValueError(f"LosslessCheck: output shape {b.shape}, source {a.shape}.")
-            error = max(error, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))
+        error = output_error(self.source, self.model, self.probe)
         self.error = error
         if not error <= self.tolerance:
             raise ValueError(

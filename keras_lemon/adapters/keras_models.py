@@ -30,6 +30,7 @@ from keras_lemon.graph.roles import GraphRoles
 from keras_lemon.graph.roles import node_kind
 from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
+from keras_lemon.lossless import output_error
 from keras_lemon.rules.registry import ExpansionError
 from keras_lemon.rules.registry import get_rule
 from keras_lemon.sizes import TransformerSizes
@@ -437,16 +438,7 @@ class KerasModelAdapter:
                 eps = [n.operation.epsilon for b in self.roles.blocks for u in b.units
                        if u.norm is not None for n in [u.norm]]
                 tolerance = max([tolerance] + [10 * e for e in eps])
-        probe = self.probe_inputs()
-        expected = keras.tree.flatten(self.model(probe, training=False))
-        actual = keras.tree.flatten(new_model(probe, training=False))
-        error = 0.0
-        for a, b in zip(expected, actual):
-            a = keras.ops.convert_to_numpy(a).astype("float64")
-            b = keras.ops.convert_to_numpy(b).astype("float64")
-            if a.shape != b.shape:
-                raise ExpansionError(f"{self.name}: output shape changed {a.shape} -> {b.shape}.")
-            error = max(error, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))
+        error = output_error(self.model, new_model, self.probe_inputs())
         if not error <= tolerance:
             raise ExpansionError(
                 f"{self.name}: the expanded model is not lossless on a probe batch: "

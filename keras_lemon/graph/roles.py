@@ -400,7 +400,6 @@ class GraphRoles:
             memo[c] = result
             return result
 
-        # Make classes that are looked up by class id resolvable by any key.
         return dim
 
     def check(self, dim):

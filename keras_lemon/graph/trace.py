@@ -27,6 +27,7 @@ import dataclasses
 
 import keras
 
+from keras_lemon.graph.feature_ops import feature_behavior
 from keras_lemon.rules.registry import get_rule
 
 
@@ -230,8 +231,6 @@ def should_inline(op):
         return True
     if not isinstance(op, keras.layers.Layer) or get_rule(op) is not None:
         return False
-    from keras_lemon.graph.feature_ops import feature_behavior
-
     if feature_behavior(op) is not None:
         return False
     return not type(op).__module__.startswith("keras.")

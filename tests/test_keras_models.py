@@ -292,3 +292,16 @@ def test_many_new_blocks_stay_exact():
     probe = np.random.default_rng(0).normal(size=(4, 16, 8)).astype("float32")
     big = keras_lemon.expand_model(model, hidden=96, layers=8, seed=0)
     assert relative_error(_outputs(model, probe), _outputs(big, probe)) <= TOLERANCE
+
+
+def test_attention_free_model_any_pre_ln_width():
+    """No attention: no heads constrain the width (16 -> 24 is 1.5x)."""
+    inputs = keras.Input((6, 4))
+    x = layers.Dense(16)(inputs)
+    for _ in range(2):
+        h = layers.LayerNormalization()(x)
+        x = x + layers.Dense(16)(layers.Dense(32, activation="relu")(h))
+    model = randomize(keras.Model(inputs, layers.Dense(2)(x)))
+    probe = np.random.default_rng(0).normal(size=(3, 6, 4)).astype("float32")
+    big = keras_lemon.expand_model(model, hidden=24, layers=3, seed=0)
+    assert relative_error(_outputs(model, probe), _outputs(big, probe)) <= TOLERANCE

@@ -132,12 +132,14 @@ class KerasModelAdapter:
                 f"{sorted(attention)} (heads, key_dim, value_dim); keras_lemon "
                 "grows models whose attention layers all have one shape."
             )
+        has_attention = bool(attention)
         heads, key_dim, value_dim = attention.pop() if attention else (1, roles.hidden, roles.hidden)
         ffn = sorted({roles.size(_key_of_class(roles, c)) for c in roles.ffn_classes})
         return {
             "layers": len(roles.blocks), "hidden": roles.hidden, "heads": heads,
             "key_dim": key_dim, "value_dim": value_dim, "ffn": ffn,
-            "tied_heads": heads * key_dim == roles.hidden,
+            # Without attention there are no heads to grow with the width.
+            "tied_heads": has_attention and heads * key_dim == roles.hidden,
         }
 
     def transformer_sizes(self):

@@ -304,14 +304,6 @@ class KerasModelAdapter:
             found.insert(0, (None, self.model))
         return found
 
-    def _block_of(self, node):
-        if node is None:
-            return None
-        for b, block in enumerate(self.roles.blocks):
-            if any(node.top is top for top in block.top_nodes()):
-                return b
-        return None
-
     def _own_variable_jobs(self, dims, dim_of, specs):
         jobs = []
         for node, layer in self._containers():
@@ -327,7 +319,7 @@ class KerasModelAdapter:
                 else:
                     d = DimExpansion(var.shape[-1], var.shape[-1]) if var.shape else None
                 axes[attr] = {} if d is None or d.is_identity else {len(var.shape) - 1: d}
-            b = self._block_of(node)
+            b = None if node is None else self.roles.block_of_top.get(id(node.top))
             blocks = [None] if b is None else [t for t, s in enumerate(specs) if s.template == b]
             for t in blocks:
                 jobs.append(Job(t, layer, layer, dict(dims), {"axes": axes},
@@ -506,7 +498,7 @@ class _FunctionalBuilder:
             model._inputs_struct)
         for key, tensor in zip(self.graph.inputs, keras.tree.flatten(inputs)):
             mapping[key] = tensor
-        anchors, copies, block_of_top = {}, {}, {}
+        anchors, copies = {}, {}
         anchor = None
         for t, spec in enumerate(self.specs):
             if spec.is_new:
@@ -514,22 +506,19 @@ class _FunctionalBuilder:
             else:
                 anchor = spec.template
                 anchors[anchor] = t
-        for b, block in enumerate(roles.blocks):
-            for top in block.top_nodes():
-                if id(top) in block_of_top:
-                    raise ExpansionError(
-                        f"{self.adapter.name}: {top.operation.name!r} spans several "
-                        "blocks; new blocks can only be inserted between layers."
-                    )
-                block_of_top[id(top)] = b
+        if roles.shared_tops:
+            raise ExpansionError(
+                f"{self.adapter.name}: {roles.shared_tops[0].operation.name!r} spans several "
+                "blocks; new blocks can only be inserted between layers."
+            )
         for node in self.graph.nodes:
             if node.parent is not None:
                 continue
-            b = block_of_top.get(id(node))
+            b = roles.block_of_top.get(id(node))
             self._call(node, mapping, None if b is None else anchors[b], fresh=False,
                        passthrough=set(self.graph.inputs))
             block = roles.blocks[b] if b is not None else None
-            if block is not None and node is block.top_nodes()[-1]:
+            if block is not None and node is block.top_nodes[-1]:
                 stream = mapping[node.outputs[0]]
                 for t, spec in copies.get(b, []):
                     stream = self._run_copy(roles.blocks[spec.template], stream, t, mapping)
@@ -543,7 +532,7 @@ class _FunctionalBuilder:
     def _run_copy(self, block, stream, t, mapping):
         local = dict(mapping)
         local[block.input] = stream
-        tops = block.top_nodes()
+        tops = block.top_nodes
         for node in tops:
             self._call(node, local, t, fresh=True, passthrough=set())
         return local[tops[-1].outputs[0]]

@@ -23,6 +23,7 @@ the stream, in order, grouped by the period of their layer pattern
 """
 
 import dataclasses
+import functools
 
 import keras
 
@@ -97,7 +98,9 @@ class Block:
     def leaves(self):
         return _unique_layers(n for n in self.nodes if _is_leaf(n))
 
+    @functools.cached_property
     def top_nodes(self):
+        """The top-level nodes of the model that make up this block, in order."""
         seen, out = set(), []
         for node in self.nodes:
             top = node.top
@@ -158,6 +161,14 @@ class GraphRoles:
         for unit in self.units:
             self._complete_unit(unit)
         self.blocks = self._group_blocks()
+        # Top-level node id -> the (first) block it belongs to; nodes that
+        # belong to several blocks (one layer holding two blocks) are listed.
+        self.block_of_top, self.shared_tops = {}, []
+        for b, block in enumerate(self.blocks):
+            for top in block.top_nodes:
+                if id(top) in self.block_of_top:
+                    self.shared_tops.append(top)
+                self.block_of_top.setdefault(id(top), b)
 
     def cls(self, key):
         return self.classes.find(key)

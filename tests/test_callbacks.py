@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import randomize
 from keras import layers
+from user_models import residual_mlp
 
 import keras_lemon
 from keras_lemon.callbacks import ComputeBudget
@@ -15,13 +16,7 @@ from keras_lemon.schedules import LemonSchedule
 
 
 def small_model():
-    inputs = keras.Input((6, 4))
-    x = layers.Dense(8)(inputs)
-    for _ in range(2):
-        h = layers.LayerNormalization()(x)
-        x = x + layers.Dense(8)(layers.Dense(16, activation="relu")(h))
-    outputs = layers.Dense(1)(layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x)))
-    return randomize(keras.Model(inputs, outputs))
+    return randomize(residual_mlp(hidden=8, outputs=1, pooled_head=True))
 
 
 def data(n=32, seed=0):

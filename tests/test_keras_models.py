@@ -19,6 +19,7 @@ from user_models import encoder_classifier
 from user_models import functional_bert_mlm
 from user_models import functional_vit
 from user_models import image_inputs
+from user_models import residual_mlp
 from user_models import token_inputs
 
 import keras_lemon
@@ -206,14 +207,7 @@ class FeatureMixer(layers.Layer):
 
 
 def _model_with(layer_factory):
-    inputs = keras.Input((6, 8))
-    x = layers.Dense(16)(inputs)
-    for _ in range(2):
-        h = layers.LayerNormalization()(x)
-        h = layer_factory()(h)
-        x = x + layers.Dense(16)(layers.Dense(32, activation="relu")(h))
-    outputs = layers.Dense(3)(x)
-    return randomize(keras.Model(inputs, outputs))
+    return randomize(residual_mlp(features=8, outputs=3, normed_layer=layer_factory))
 
 
 def test_unsupported_custom_layer_is_a_clear_error():
@@ -296,12 +290,7 @@ def test_many_new_blocks_stay_exact():
 
 def test_attention_free_model_any_pre_ln_width():
     """No attention: no heads constrain the width (16 -> 24 is 1.5x)."""
-    inputs = keras.Input((6, 4))
-    x = layers.Dense(16)(inputs)
-    for _ in range(2):
-        h = layers.LayerNormalization()(x)
-        x = x + layers.Dense(16)(layers.Dense(32, activation="relu")(h))
-    model = randomize(keras.Model(inputs, layers.Dense(2)(x)))
+    model = randomize(residual_mlp())
     probe = np.random.default_rng(0).normal(size=(3, 6, 4)).astype("float32")
     big = keras_lemon.expand_model(model, hidden=24, layers=3, seed=0)
     assert relative_error(_outputs(model, probe), _outputs(big, probe)) <= TOLERANCE

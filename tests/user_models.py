@@ -220,6 +220,25 @@ def encoder_classifier(**kwargs):
     return model
 
 
+def residual_mlp(hidden=16, features=4, outputs=2, normed_layer=None, pooled_head=False):
+    """A small pre-LN residual MLP (no attention): 6 tokens, 2 blocks.
+
+    Each block adds `Dense(hidden)(Dense(2 * hidden, relu)(LN(x)))` to the
+    stream; `normed_layer` (a layer factory) is applied after the LayerNorm.
+    With `pooled_head`, the head is LN -> mean over tokens -> Dense.
+    """
+    inputs = keras.Input((6, features))
+    x = layers.Dense(hidden)(inputs)
+    for _ in range(2):
+        h = layers.LayerNormalization()(x)
+        if normed_layer is not None:
+            h = normed_layer()(h)
+        x = x + layers.Dense(hidden)(layers.Dense(2 * hidden, activation="relu")(h))
+    if pooled_head:
+        x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
+    return keras.Model(inputs, layers.Dense(outputs)(x))
+
+
 def image_inputs(batch=3, size=8, seed=1):
     return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype("float32")
 

@@ -25,14 +25,23 @@ class ExpansionSession:
         seed: int, seeds every random draw (with each variable's path).
         planning: when True there is no target model; rules run on the
             source weights only and the session records the plan.
+        progress: optional callable `progress(done, total, path)`, called
+            after each target variable is written (`total` is the number of
+            target variables known so far, see `expect`).
     """
 
-    def __init__(self, method, seed, planning=False):
+    def __init__(self, method, seed, planning=False, progress=None):
         self.method = method
         self.seed = int(seed)
         self.planning = planning
+        self.progress = progress
         self.rows = []
         self._written = {}
+        self._expected = 0
+
+    def expect(self, count):
+        """Announces `count` more target variables (the progress total)."""
+        self._expected += count
 
     def read(self, variable):
         return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
@@ -82,6 +91,8 @@ class ExpansionSession:
         else:
             var.assign(value)
         self._written[id(var)] = path
+        if self.progress is not None:
+            self.progress(len(self._written), max(self._expected, len(self._written)), path)
 
     def check_complete(self, target_model):
         """Raises if any target weight was not written by a rule."""

@@ -60,7 +60,8 @@ def _job_path(job):
     return prefix + job.key_layer.name
 
 
-def _unsupported(model):
+def unsupported_model_error(model):
+    """The `ValueError` for a model that is neither a keras.Model nor a keras-hub model."""
     return ValueError(
         f"expand_model does not support {type(model).__name__} "
         f"('{getattr(model, 'name', model)}'): pass a keras.Model (functional "
@@ -107,7 +108,7 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
             session.expand_layer(job.source, None, _job_path(job), job.dims, job.flags, rule=job.rule)
         dims = {k: v for k, v in dims.items() if k != "ffn"}
     else:
-        raise _unsupported(model)
+        raise unsupported_model_error(model)
     return ExpansionPlan(
         model_class=type(model).__name__,
         source_sizes=source.as_dict(),
@@ -121,7 +122,8 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
 
 def expand_model(model, *, hidden=None, layers=None, heads=None,
                  intermediate=None, placement="interleave", method="lemon",
-                 seed=None, config_keys=None, sample_inputs=None, verify=True):
+                 seed=None, config_keys=None, sample_inputs=None, verify=True,
+                 progress=None):
     """Grows a transformer in width and depth without changing its outputs.
 
     Builds a new model of the same class from the source's config at the
@@ -161,13 +163,18 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
             when their names are unusual; roles `"hidden"`, `"layers"`,
             `"heads"`, `"intermediate"`, `"head_dim"`. Common names
             (`hidden_dim`, `d_model`, `num_layers`, `mlp_dim`...) are known.
-        sample_inputs: for your own models: a batch of inputs, used to trace
-            a subclassed model whose input shape is not in its build config,
-            and as the probe of the lossless check.
-        verify: for your own models: compare the expanded model with the
-            source on a probe batch and raise if they differ (by more than
-            1e-4 relative, or 10x the LayerNorm epsilon for post-LN depth
-            growth). Default True.
+        sample_inputs: a batch of inputs, the probe of the lossless check
+            (default: random token ids or images); for your own subclassed
+            models also used to trace a model whose input shape is not in
+            its build config.
+        verify: compare the expanded model with the source on a probe batch
+            and raise if they differ (by more than 1e-4 relative, or for
+            your own post-LN models growing in depth 10x the LayerNorm
+            epsilon). A backbone's hidden states are compared with the
+            source's expanded to the new width. Default True.
+        progress: optional callable `progress(done, total, path)`, called
+            after each target variable is written (e.g. to draw a progress
+            bar for a large model).
 
     Returns:
         A new `keras.Model` of the same class as `model`.
@@ -193,22 +200,26 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     """
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
-    session = ExpansionSession(method, seed)
+    session = ExpansionSession(method, seed, progress=progress)
     if keras_hub_models.find_family(model) is not None:
         family, source, target, dims, depth = _prepare(
             model, hidden, layers, heads, intermediate, placement, method
         )
         new_model = family.build_and_expand(session, model, target, dims, depth)
         session.check_complete(new_model)
+        if verify:
+            probe = family.probe_inputs(model) if sample_inputs is None else sample_inputs
+            family.verify(model, new_model, probe)
         return new_model
     if not is_keras_model(model):
-        raise _unsupported(model)
+        raise unsupported_model_error(model)
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
         config_keys, sample_inputs,
     )
     jobs = adapter.jobs(dims, depth)
     new_model, targets = adapter.build_target(dims, target, depth)
+    session.expect(len(new_model.weights))
     for job in jobs:
         session.expand_layer(job.source, adapter.target_layer(targets, job), _job_path(job),
                              job.dims, job.flags, rule=job.rule)

@@ -3,14 +3,31 @@
 import keras
 import numpy as np
 
+from keras_lemon.rules.registry import ExpansionError
 
-def output_error(source, model, inputs):
+# English sentences for a probe batch of real text (tokenized with the
+# model's own tokenizer, see `KerasHubFamily.probe_inputs`): real token
+# statistics reach parts of the embedding tables random ids rarely do.
+PROBE_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Lossless expansion grows a small pretrained transformer into a larger one "
+    "whose outputs are unchanged.",
+    "Paris is the capital and most populous city of France.",
+    "She sells sea shells by the sea shore, and the shells she sells are sea shells.",
+)
+
+
+def output_error(source, model, inputs, expected_from_source=None):
     """`max |model(x) - source(x)| / max |source(x)|` over all outputs, in inference mode.
 
     Args:
         source: the source model.
         model: the expanded model.
         inputs: a batch both models accept.
+        expected_from_source: optional function mapping each of the source's
+            outputs (a NumPy array) to the output the expanded model must
+            produce, for outputs that grow with the model (a backbone's
+            hidden states).
 
     Returns:
         float, the worst relative error over the (flattened) outputs.
@@ -29,7 +46,27 @@ def output_error(source, model, inputs):
     for a, b in zip(expected, actual):
         a = keras.ops.convert_to_numpy(a).astype("float64")
         b = keras.ops.convert_to_numpy(b).astype("float64")
+        if expected_from_source is not None:
+            a = expected_from_source(a)
         if a.shape != b.shape:
             raise ValueError(f"Output shape {b.shape} of '{model.name}', source {a.shape}.")
         error = max(error, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))
+    return error
+
+
+def check_lossless(source, model, inputs, tolerance, name, expected_from_source=None):
+    """`output_error`, raising an `ExpansionError` above `tolerance`.
+
+    Returns:
+        float, the measured error.
+    """
+    error = output_error(source, model, inputs, expected_from_source)
+    if not error <= tolerance:
+        raise ExpansionError(
+            f"{name}: the expanded model is not lossless on a probe batch: "
+            f"max |diff| / max |output| = {error:.3g} > {tolerance:g}. Some "
+            "operation in the model treats features in a way keras_lemon does "
+            "not model; register a rule for it (keras_lemon.register_rule) or "
+            "report the model. Pass verify=False to get the model anyway."
+        )
     return error

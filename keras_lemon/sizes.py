@@ -71,26 +71,38 @@ def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
         if intermediate is None:
             intermediate = round(source.intermediate * hidden / source.hidden)
         return TransformerSizes(layers, hidden, heads, intermediate)
-    valid_heads = [n for n in range(source.heads, hidden + 1)
-                   if hidden % n == 0 and hidden // n >= source.head_dim]
+    valid = valid_heads(source, hidden)
     if heads is None:
         heads, rem = divmod(source.heads * hidden, source.hidden)
-        if rem or heads not in valid_heads:
+        if rem or heads not in valid:
             raise ValueError(
                 f"{model_name}: with hidden={hidden}, keeping the head size "
                 f"{source.head_dim} needs {source.heads * hidden / source.hidden:g} "
                 f"heads, not an integer. Pass heads= explicitly; valid choices: "
-                f"{valid_heads}."
+                f"{valid}."
             )
-    elif heads not in valid_heads:
+    elif heads not in valid:
         raise ValueError(
             f"{model_name}: heads={heads} does not fit hidden={hidden} (heads "
             f"must divide hidden and keep a head size >= {source.head_dim}); "
-            f"valid choices: {valid_heads}."
+            f"valid choices: {valid}."
         )
     if intermediate is None:
         intermediate = round(source.intermediate * hidden / source.hidden)
     return TransformerSizes(layers, hidden, heads, intermediate)
+
+
+def valid_heads(source, hidden):
+    """Head counts possible at width `hidden` for heads tied to the width.
+
+    Heads never shrink and must divide `hidden`, and the head size never
+    shrinks (a larger one is exact: the query is rescaled).
+
+    >>> valid_heads(TransformerSizes(6, 384, 12, 1536), 768)
+    [12, 16, 24]
+    """
+    return [n for n in range(source.heads, hidden + 1)
+            if hidden % n == 0 and hidden // n >= source.head_dim]
 
 
 def transformer_dims(source, target, stream_pattern):

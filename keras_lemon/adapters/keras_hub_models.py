@@ -8,10 +8,14 @@ per-layer math is in `keras_lemon.rules`.
 
 import dataclasses
 
+import keras
 import keras_hub
+import numpy as np
 
 from keras_lemon import deferred
 from keras_lemon.index_maps import DimExpansion
+from keras_lemon.lossless import PROBE_SENTENCES
+from keras_lemon.lossless import check_lossless
 from keras_lemon.rules.core_layers import normalized_dim
 from keras_lemon.sizes import TransformerSizes
 
@@ -34,6 +38,12 @@ class KerasHubFamily:
     stream_pattern: str  # "average" (pre-LN) or "circular" (post-LN)
     expand_backbone: object  # fn(session, source, target, dims, depth)
     tasks: dict  # task class -> fn(session, source_task, target_task, dims)
+    make_probe: object  # fn(model, rng, tokenizer) -> a batch of inputs
+    probe_kind: str  # "tokens" or "images"
+    # How the backbone's outputs (hidden states) grow: "circular" copies
+    # (post-LN), or "zero" extras (pre-LN: the final LayerNorm's extra gammas
+    # and betas are zero).
+    output_pattern: str
     scaled_epsilon_key: str = None  # config key of a LayerNorm epsilon to scale
 
     @property
@@ -61,6 +71,7 @@ class KerasHubFamily:
         try:
             with deferred.deferred_initialization():
                 new_backbone = type(backbone).from_config(config)
+            session.expect(len(new_backbone.weights))
             self.expand_backbone(session, backbone, new_backbone, dims, depth)
         finally:
             deferred.finish()
@@ -71,8 +82,36 @@ class KerasHubFamily:
         # keras-hub does when one preprocessor is passed to several tasks.
         task_config.update(backbone=new_backbone, preprocessor=model.preprocessor)
         new_model = type(model).from_config(task_config)
+        session.expect(len(new_model.weights) - len(new_backbone.weights))
         self.tasks[type(model)](session, model, new_model, dims)
         return new_model
+
+    def probe_inputs(self, model, tokenizer=None, seed=0):
+        """A batch for the lossless check: real sentences when a tokenizer is given."""
+        return self.make_probe(model, np.random.default_rng(seed), tokenizer)
+
+    def probe_description(self, tokenizer=None):
+        """What `probe_inputs` feeds, in words (recorded in expanded presets)."""
+        if self.probe_kind == "images":
+            return "2 images of standard normal pixels (seed 0)"
+        if tokenizer is None:
+            return "2 sequences of random token ids, one padded (seed 0)"
+        return f"{len(PROBE_SENTENCES)} English sentences (keras_lemon.lossless.PROBE_SENTENCES)"
+
+    def verify(self, source, model, inputs, tolerance=1e-4):
+        """Max |diff| / max |output| of `model` against `source`; raises above `tolerance`.
+
+        A backbone's outputs grow with the model: the source's are expanded
+        with `output_pattern` before comparing. Task outputs (logits) keep
+        their size.
+        """
+        expected_from_source = None
+        if not isinstance(source, keras_hub.models.Task):
+            dim = DimExpansion(self.sizes(source).hidden, self.sizes(model).hidden,
+                               self.output_pattern)
+            expected_from_source = dim.expand
+        return check_lossless(source, model, inputs, tolerance,
+                              f"{type(source).__name__} '{source.name}'", expected_from_source)
 
     def expand(self, session, source, target, dims, depth):
         if isinstance(source, keras_hub.models.Task):
@@ -117,6 +156,45 @@ def _expand_bert_text_classifier(session, source, target, dims):
     )
 
 
+def _bert_probe(model, rng, tokenizer=None, length=32):
+    """Token ids, segment ids and a padding mask (the second row padded).
+
+    With a tokenizer, `PROBE_SENTENCES` as `[CLS] sentence [SEP]`; else
+    random ids. `BertMaskedLM` also gets `mask_positions`.
+    """
+    backbone = getattr(model, "backbone", model)
+    length = min(length, backbone.max_sequence_length)
+    rows = []
+    if tokenizer is None:
+        for n in (length, (3 * length) // 4):
+            rows.append(rng.integers(1, backbone.vocabulary_size, n))
+        pad = 0
+    else:
+        for sentence in PROBE_SENTENCES:
+            ids = np.asarray(keras.ops.convert_to_numpy(tokenizer(sentence))).reshape(-1)
+            rows.append(np.concatenate([[tokenizer.cls_token_id], ids[: length - 2],
+                                        [tokenizer.sep_token_id]]))
+        pad = tokenizer.pad_token_id
+    token_ids = np.full((len(rows), length), pad, "int32")
+    padding_mask = np.zeros((len(rows), length), "int32")
+    for i, row in enumerate(rows):
+        token_ids[i, : len(row)] = row
+        padding_mask[i, : len(row)] = 1
+    inputs = {
+        "token_ids": token_ids,
+        "segment_ids": ((np.arange(length) >= length // 2) * padding_mask).astype("int32"),
+        "padding_mask": padding_mask,
+    }
+    if isinstance(model, keras_hub.models.BertMaskedLM):
+        inputs["mask_positions"] = np.tile(np.arange(1, 4, dtype="int32"), (len(rows), 1))
+    return inputs
+
+
+def _vit_probe(model, rng, tokenizer=None):
+    backbone = getattr(model, "backbone", model)
+    return rng.normal(size=(2, *backbone.image_shape)).astype("float32")
+
+
 def _expand_vit_backbone(session, source, target, dims, depth):
     stream = dims["stream"]
     for name, flags in (("vit_patching_and_embedding", None), ("vit_encoder", {"depth": depth})):
@@ -153,6 +231,9 @@ BERT = KerasHubFamily(
         keras_hub.models.BertMaskedLM: _expand_bert_masked_lm,
         keras_hub.models.BertTextClassifier: _expand_bert_text_classifier,
     },
+    make_probe=_bert_probe,
+    probe_kind="tokens",
+    output_pattern="circular",
 )
 
 VIT = KerasHubFamily(
@@ -163,6 +244,9 @@ VIT = KerasHubFamily(
     stream_pattern="average",
     expand_backbone=_expand_vit_backbone,
     tasks={keras_hub.models.ViTImageClassifier: _expand_vit_image_classifier},
+    make_probe=_vit_probe,
+    probe_kind="images",
+    output_pattern="zero",
     scaled_epsilon_key="layer_norm_epsilon",
 )
 

@@ -30,7 +30,7 @@ from keras_lemon.graph.roles import GraphRoles
 from keras_lemon.graph.roles import node_kind
 from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
-from keras_lemon.lossless import output_error
+from keras_lemon.lossless import check_lossless
 from keras_lemon.rules.registry import ExpansionError
 from keras_lemon.rules.registry import get_rule
 from keras_lemon.sizes import TransformerSizes
@@ -432,16 +432,7 @@ class KerasModelAdapter:
                 eps = [n.operation.epsilon for b in self.roles.blocks for u in b.units
                        if u.norm is not None for n in [u.norm]]
                 tolerance = max([tolerance] + [10 * e for e in eps])
-        error = output_error(self.model, new_model, self.probe_inputs())
-        if not error <= tolerance:
-            raise ExpansionError(
-                f"{self.name}: the expanded model is not lossless on a probe batch: "
-                f"max |diff| / max |output| = {error:.3g} > {tolerance:g}. Some "
-                "operation in the model treats features in a way keras_lemon does "
-                "not model; register a rule for it (keras_lemon.register_rule) or "
-                "report the model. Pass verify=False to get the model anyway."
-            )
-        return error
+        return check_lossless(self.model, new_model, self.probe_inputs(), tolerance, self.name)
 
     def probe_inputs(self, seed=0):
         """A batch of 2 inputs: token ids for inputs read by embeddings, else normal."""

@@ -19,9 +19,12 @@ from keras_lemon.index_maps import DimExpansion
 from keras_lemon.index_maps import cancel
 from keras_lemon.index_maps import fan_in_split
 from keras_lemon.index_maps import fan_out
+from keras_lemon.options import ExpansionOptions
+from keras_lemon.options import expansion_options
 from keras_lemon.plan import ExpansionPlan
+from keras_lemon.presets import expand_preset
+from keras_lemon.presets import read_expansion
 from keras_lemon.rules.registry import ExpansionContext
 from keras_lemon.rules.registry import ExpansionError
 from keras_lemon.rules.registry import register_rule
-
-__version__ = "0.1.0"
+from keras_lemon.version import __version__  # noqa: F401

@@ -1,0 +1,312 @@
+"""`expand_preset`: a larger keras-hub preset on disk, from a preset on disk.
+
+Reads any preset keras-hub reads (a Keras preset saved with
+`save_to_preset`, a Hugging Face-format directory that keras-hub's converters
+read, or, with internet, a hub name), expands the model with `expand_model`,
+and writes a Keras preset that `Backbone.from_preset` and the task class's
+`from_preset` load on any backend. The expansion is recorded in the preset's
+`metadata.json` under `"keras_lemon"`.
+"""
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import keras_hub
+import numpy as np
+from keras_hub.src.utils import preset_utils
+
+from keras_lemon.adapters import keras_hub_models
+from keras_lemon.expand import expand_model
+from keras_lemon.version import __version__
+
+METADATA_KEY = "keras_lemon"
+
+# Preprocessing saved beside the model in a Keras preset: config file ->
+# what it holds. None of it depends on the model's width or depth.
+_PREPROCESSING_FILES = (
+    preset_utils.PREPROCESSOR_CONFIG_FILE,
+    preset_utils.TOKENIZER_CONFIG_FILE,
+    preset_utils.IMAGE_CONVERTER_CONFIG_FILE,
+    preset_utils.AUDIO_CONVERTER_CONFIG_FILE,
+)
+# Files of a Hugging Face tokenizer (keras-hub converts any of them).
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+class LoadedPreset:
+    """A preset's model and preprocessing, as keras-hub loads them.
+
+    Attributes:
+        preset: the preset as given.
+        format: `"keras"` or `"transformers"` (Hugging Face).
+        model: the task (a Keras preset with `task.json`) or the backbone.
+        preprocessing: dict config file -> preprocessing layer saved beside
+            the model (tokenizer, preprocessor, image converter), not those
+            inside the task.
+    """
+
+    def __init__(self, preset, load_weights=True):
+        if "://" not in preset and (os.sep in preset or preset.startswith(".")) \
+                and not os.path.isdir(preset):
+            raise ValueError(f"Preset directory '{preset}' does not exist.")
+        loader = preset_utils.get_preset_loader(preset)
+        self.preset = preset
+        self.format = "keras" if isinstance(loader, preset_utils.KerasPresetLoader) \
+            else type(loader).__name__.replace("PresetLoader", "").lower()
+        backbone_cls = loader.check_backbone_class()
+        family = next((f for f in keras_hub_models.FAMILIES
+                       if f.backbone_class is backbone_cls), None)
+        if family is None:
+            raise ValueError(
+                f"Preset '{preset}' holds a {backbone_cls.__name__}; keras_lemon "
+                "expands presets of "
+                + ", ".join(f.backbone_class.__name__ for f in keras_hub_models.FAMILIES)
+                + " (and their tasks)."
+            )
+        self.family = family
+        self.preprocessing = {}
+        if self.format == "keras":
+            self.model = self._load_keras(preset, backbone_cls, load_weights)
+        else:
+            self.model = backbone_cls.from_preset(preset, load_weights=load_weights)
+            converter = getattr(loader, "converter", None)
+            if hasattr(converter, "convert_tokenizer") and any(
+                preset_utils.check_file_exists(preset, f) for f in _HF_TOKENIZER_FILES
+            ):
+                self.preprocessing[preset_utils.TOKENIZER_CONFIG_FILE] = \
+                    keras_hub.models.Tokenizer.from_preset(preset)
+            if hasattr(converter, "load_image_converter_config"):
+                image_converter = keras_hub.layers.ImageConverter.from_preset(preset)
+                if image_converter is not None:
+                    self.preprocessing[preset_utils.IMAGE_CONVERTER_CONFIG_FILE] = image_converter
+
+    def _load_keras(self, preset, backbone_cls, load_weights):
+        has_task = preset_utils.check_file_exists(preset, preset_utils.TASK_CONFIG_FILE)
+        if has_task:
+            task_cls = _config_class(preset, preset_utils.TASK_CONFIG_FILE)
+            if task_cls not in self.family.tasks:
+                raise ValueError(
+                    f"Preset '{preset}' holds a {task_cls.__name__}; keras_lemon "
+                    f"expands the {backbone_cls.__name__} tasks "
+                    + ", ".join(c.__name__ for c in self.family.tasks)
+                    + ". Load its backbone with keras_hub.models.Backbone.from_preset "
+                    "and use keras_lemon.expand_model."
+                )
+            model = task_cls.from_preset(preset, load_weights=load_weights)
+        else:
+            model = backbone_cls.from_preset(preset, load_weights=load_weights)
+        for config_file in _PREPROCESSING_FILES:
+            if config_file == preset_utils.PREPROCESSOR_CONFIG_FILE and has_task:
+                continue  # the task saves its own preprocessor
+            if preset_utils.check_file_exists(preset, config_file):
+                cls = _config_class(preset, config_file)
+                self.preprocessing[config_file] = cls.from_preset(preset)
+        return model
+
+    @property
+    def tokenizer(self):
+        """The preset's tokenizer (of its task's preprocessor or standalone), or None."""
+        candidates = [getattr(getattr(self.model, "preprocessor", None), "tokenizer", None)]
+        for layer in self.preprocessing.values():
+            candidates.append(layer if isinstance(layer, keras_hub.tokenizers.Tokenizer)
+                              else getattr(layer, "tokenizer", None))
+        return next((t for t in candidates if t is not None), None)
+
+    def save(self, model, directory):
+        """Saves `model` with this preset's preprocessing as a Keras preset."""
+        model.save_to_preset(directory)
+        for config_file, layer in self.preprocessing.items():
+            if not os.path.exists(os.path.join(directory, config_file)):
+                layer.save_to_preset(directory)
+
+
+def _config_class(preset, config_file):
+    return preset_utils.check_config_class(preset_utils.load_json(preset, config_file))
+
+
+def _local_path(preset):
+    return os.path.abspath(preset) if os.path.isdir(preset) else None
+
+
+def check_destination(src, dst, overwrite):
+    """Raises a `ValueError` unless `dst` may receive the expansion of `src`."""
+    if _local_path(src) is not None and os.path.abspath(dst) == _local_path(src):
+        raise ValueError(
+            f"dst '{dst}' is the source preset: expand_preset never modifies its "
+            "source; choose another directory."
+        )
+    if os.path.isfile(dst):
+        raise ValueError(f"dst '{dst}' is a file; expand_preset writes a preset directory.")
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+        raise ValueError(
+            f"dst '{dst}' exists and is not empty; pass overwrite=True (CLI: "
+            "--overwrite) to replace it."
+        )
+
+
+def read_expansion(preset):
+    """The expansion record `expand_preset` wrote into a preset's metadata.
+
+    Args:
+        preset: a preset directory.
+
+    Returns:
+        dict (source, sizes, method, seed, measured lossless error, ...),
+        or None when the preset was not written by `expand_preset`.
+    """
+    path = os.path.join(preset, preset_utils.METADATA_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get(METADATA_KEY)
+
+
+def _write_record(directory, record):
+    path = os.path.join(directory, preset_utils.METADATA_FILE)
+    with open(path) as f:
+        metadata = json.load(f)
+    metadata[METADATA_KEY] = record
+    with open(path, "w") as f:
+        f.write(json.dumps(metadata, indent=4))
+
+
+def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
+                  intermediate=None, placement="interleave", method="lemon",
+                  seed=None, overwrite=False, verify=True, tolerance=1e-4,
+                  progress=None):
+    """Expands a keras-hub preset into a larger preset, losslessly.
+
+    Loads the preset (its task with head and preprocessor when it has one,
+    else its backbone and the tokenizer or image converter saved beside it),
+    expands it with `expand_model`, writes a Keras preset into a temporary
+    directory beside `dst`, reloads it with keras-hub, measures the reloaded
+    model's outputs against the source's on a probe batch (real English
+    sentences for text presets with a tokenizer), records the expansion in
+    `metadata.json` and only then renames the temporary directory to `dst`.
+    On any error nothing is left at `dst`.
+
+    Args:
+        src: a preset directory: a Keras preset (`save_to_preset`) or a
+            Hugging Face-format directory keras-hub converts
+            (`config.json` with `model_type`, `model.safetensors`, and
+            `vocab.txt` for the tokenizer); or a keras-hub preset name or
+            `hf://` / `kaggle://` handle (downloads, needs internet).
+        dst: the directory to write. Must not exist, or be empty, unless
+            `overwrite=True`.
+        hidden, layers, heads, intermediate, placement, method, seed: as
+            `expand_model`. The seed used (drawn when None) is recorded.
+        overwrite: replace a non-empty `dst` (only after success).
+        verify: reload the written preset and measure the lossless error;
+            raise above `tolerance`. With False the metadata records no error.
+        tolerance: float, the largest accepted max |diff| / max |output|.
+        progress: optional `progress(done, total, path)` callable, see
+            `expand_model`.
+
+    Returns:
+        The expanded model (task or backbone, in memory).
+
+    Raises:
+        ValueError: for a missing or unsupported preset, an existing `dst`,
+            or an invalid expansion (see `expand_model`).
+        keras_lemon.ExpansionError: when the written preset is not lossless.
+
+    Example:
+
+    >>> import os, tempfile, keras_hub
+    >>> tmp = tempfile.mkdtemp()
+    >>> keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=2,
+    ...     num_heads=2, hidden_dim=32, intermediate_dim=64,
+    ...     ).save_to_preset(os.path.join(tmp, "small"))
+    >>> big = expand_preset(os.path.join(tmp, "small"), os.path.join(tmp, "big"),
+    ...                     hidden=64, layers=4, seed=0)
+    >>> keras_hub.models.BertBackbone.from_preset(os.path.join(tmp, "big")).num_layers
+    4
+    >>> read_expansion(os.path.join(tmp, "big"))["target_sizes"]["hidden"]
+    64
+
+    References:
+        Wang et al., "LEMON: Lossless model expansion", ICLR 2024,
+        arXiv:2310.07999.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    check_destination(src, dst, overwrite)
+    model, _ = write_expanded_preset(
+        LoadedPreset(src), dst, hidden=hidden, layers=layers, heads=heads,
+        intermediate=intermediate, placement=placement, method=method, seed=seed,
+        overwrite=overwrite, verify=verify, tolerance=tolerance, progress=progress,
+    )
+    return model
+
+
+def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
+                          intermediate=None, placement="interleave", method="lemon",
+                          seed=None, overwrite=False, verify=True, tolerance=1e-4,
+                          progress=None):
+    """`expand_preset` on an already loaded `LoadedPreset` (the CLI plans first).
+
+    Returns:
+        `(model, record)`: the expanded model and the expansion record
+        written into the preset's metadata.
+    """
+    check_destination(loaded.preset, dst, overwrite)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
+    source, family = loaded.model, loaded.family
+    probe = family.probe_inputs(source, loaded.tokenizer)
+    model = expand_model(source, hidden=hidden, layers=layers, heads=heads,
+                         intermediate=intermediate, placement=placement,
+                         method=method, seed=seed, verify=False, progress=progress)
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.lemon-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0o700 is not what a user expects of dst
+    try:
+        loaded.save(model, staging)
+        error = None
+        if verify:
+            reloaded = type(model).from_preset(staging)
+            error = family.verify(source, reloaded, probe, tolerance)
+            del reloaded
+        record = {
+            "keras_lemon_version": __version__,
+            "source": _local_path(loaded.preset) or loaded.preset,
+            "source_format": loaded.format,
+            "model_class": type(model).__name__,
+            "source_sizes": family.sizes(getattr(source, "backbone", source)).as_dict(),
+            "target_sizes": family.sizes(getattr(model, "backbone", model)).as_dict(),
+            "method": method,
+            "placement": placement,
+            "seed": seed,
+            "lossless_error": error,
+            "tolerance": tolerance,
+            "probe": family.probe_description(loaded.tokenizer),
+            "backend": keras.backend.backend(),
+            "date": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        }
+        _write_record(staging, record)
+        _replace_directory(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model, record
+
+
+def _replace_directory(staging, dst):
+    """Renames `staging` to `dst`, replacing an existing `dst` only at the end."""
+    if not os.path.exists(dst):
+        os.rename(staging, dst)
+        return
+    old = staging + ".old"
+    os.rename(dst, old)
+    try:
+        os.rename(staging, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old)

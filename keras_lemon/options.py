@@ -69,7 +69,7 @@ class ExpansionOptions:
             f"  intermediate: any >= {s.intermediate} (default keeps "
             f"intermediate / hidden = {s.intermediate / s.hidden:g})"
         )
-        lines.append("  method: lemon (default) or net2net")
+        lines.append("  method: lemon (default), net2net or zero_blocks")
         return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ class ExpansionPlan:
         blocks: list of strings, one per target block (which source block it
             copies, whether it is new).
         rows: list of `PlanRow`, one per target variable.
-        method: `"lemon"` or `"net2net"`.
+        method: `"lemon"`, `"net2net"` or `"zero_blocks"`.
     """
 
     model_class: str

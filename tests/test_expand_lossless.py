@@ -28,6 +28,7 @@ COMMON_CASES = {
     "depth_more_than_2x_stack": dict(layers=5, placement="stack"),
     "width_and_depth": dict(hidden=32, layers=5, intermediate=80),
     "width_and_depth_net2net": dict(hidden=32, layers=3, method="net2net"),
+    "width_and_depth_zero_blocks": dict(hidden=32, layers=3, method="zero_blocks"),
 }
 VIT_ONLY_CASES = {
     "width_non_multiple": dict(hidden=24),

@@ -66,6 +66,24 @@ def test_symmetry_breaking_after_one_step(method):
         assert drift < 1e-5, drift
 
 
+def test_zero_blocks_is_lemon_width_with_zero_new_blocks():
+    """`zero_blocks` (LLaMA-Pro's depth rule) differs from LEMON only in new blocks."""
+    source = randomize(keras_hub.models.ViTImageClassifier(vit_backbone(), num_classes=3), 1)
+    lemon, zero = (keras_lemon.expand_model(source, hidden=24, layers=4, method=m, seed=7)
+                   for m in ("lemon", "zero_blocks"))
+    for index, (a, b) in enumerate(zip(lemon.backbone.get_layer("vit_encoder").encoder_layers,
+                                       zero.backbone.get_layer("vit_encoder").encoder_layers)):
+        outputs = {id(v) for v in b.mlp.dense_2.weights + b.mha.output_dense.weights}
+        for va, vb in zip(a.weights, b.weights):
+            wa, wb = keras.ops.convert_to_numpy(va), keras.ops.convert_to_numpy(vb)
+            if index % 2 == 1 and id(vb) in outputs:  # new block: output projections
+                assert not np.any(wb), vb.path
+                if va.path.endswith("kernel"):  # LEMON's cancelling kernels are not
+                    assert np.any(wa), va.path
+            else:
+                np.testing.assert_array_equal(wa, wb, err_msg=vb.path)
+
+
 @pytest.mark.parametrize("family", ["bert", "vit"])
 def test_expanded_model_trains(family):
     if family == "bert":

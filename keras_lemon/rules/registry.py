@@ -116,8 +116,9 @@ class ExpansionContext:
             `"stream"` (the residual stream).
         flags: dict of per-layer instructions from the enclosing rule, e.g.
             `zero_output=True` for a new block's output projection.
-        method: `"lemon"` (random fan-in, cancelling new blocks) or
-            `"net2net"` (equal split, zero new blocks).
+        method: `"lemon"` (random fan-in, cancelling new blocks),
+            `"net2net"` (equal split, zero new blocks) or `"zero_blocks"`
+            (random fan-in, zero new blocks).
     """
 
     def __init__(self, source, target, path, dims, flags, session):
@@ -198,9 +199,14 @@ class ExpansionContext:
         """
         fan_out = fan_out or {}
         source = self.source_value(name)
-        noise = self.noise(name, _target_shape(source.shape, fan_in), source)
+        shape = _target_shape(source.shape, fan_in)
+        if self.method == "lemon":
+            noise = self.noise(name, shape, source)
+        else:
+            # net2net and zero_blocks (LLaMA-Pro) start new blocks at exactly 0.
+            noise = np.zeros(shape, np.float32)
         value = index_maps.fan_out(index_maps.cancel(noise, fan_in), fan_out)
-        kind = "zero" if self.method == "net2net" else "cancel (copies sum to 0)"
+        kind = "cancel (copies sum to 0)" if self.method == "lemon" else "zero"
         self.set(name, value, f"{kind} [{_axes_note(fan_in)}]")
 
     def zeros(self, name, axes):
@@ -210,6 +216,8 @@ class ExpansionContext:
 
     def noise(self, name, shape, like):
         """LEMON's random fan-in matrix `R` for variable `name` (zeros for net2net).
+
+        `zero_blocks` draws it too: it differs from LEMON only in new blocks.
 
         Uniform with the standard deviation of the source weight `like`
         (LEMON uses the target's fresh initialization; any zero-mean noise

@@ -394,7 +394,8 @@ def write_section(results_md, name, lines):
         f.write(text)
 
 
-def parse_args(description, argv=None):
+def parse_args(description, argv=None, add_arguments=None):
+    """The scripts' common flags; `add_arguments(parser)` adds a script's own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and steps: a smoke run (< 5 min)")
@@ -402,8 +403,14 @@ def parse_args(description, argv=None):
                         help="directory for RESULTS.md and results/ (default: benchmarks/ "
                              "for a full run, benchmarks/quick/ with --quick)")
     parser.add_argument("--steps", type=int, help="override T, the scratch budget")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--fractions", type=float, nargs="+", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="seeds of LEMON and scratch; baselines use the first "
+                             "(default: 0 1)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=None,
+                        help="fractions f of T to try, ascending "
+                             "(default: 0.3 0.45 0.6 0.8; 0.5 with --quick)")
+    if add_arguments:
+        add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -28,6 +28,8 @@ class FashionViT(_replication.Task):
 
     def __init__(self, quick=False, steps=None, data_source="debian"):
         x_train, y_train, x_test, y_test = _data.load_fashion_mnist(data_source)
+        self.data_source = ("Debian `dataset-fashion-mnist`" if data_source == "debian"
+                            else "tensorflow-datasets")
         if quick:
             x_test, y_test = x_test[:1000], y_test[:1000]
         self.train_data = (x_train, y_train)
@@ -85,7 +87,7 @@ class FashionViT(_replication.Task):
     def describe(self):
         r = self.recipe
         return [
-            f"- Data: Fashion-MNIST (Debian `dataset-fashion-mnist`), "
+            f"- Data: Fashion-MNIST ({self.data_source}), "
             f"{len(self.train_data[0])} training images, accuracy on "
             f"{len(self.test_data[0])} test images; no augmentation.",
             f"- Models: keras-hub `ViTImageClassifier`, 28x28x1 images, patch "
@@ -100,8 +102,14 @@ class FashionViT(_replication.Task):
 
 
 def main(argv=None):
-    args = _replication.parse_args(__doc__.splitlines()[0], argv)
-    task = FashionViT(quick=args.quick, steps=args.steps)
+    def add_arguments(parser):
+        parser.add_argument(
+            "--data", choices=("debian", "tfds"), default="debian",
+            help="Fashion-MNIST from Debian's dataset-fashion-mnist (default) or "
+                 "from tensorflow-datasets (downloads; not installed by scripts/setup)")
+
+    args = _replication.parse_args(__doc__.splitlines()[0], argv, add_arguments)
+    task = FashionViT(quick=args.quick, steps=args.steps, data_source=args.data)
     fractions = args.fractions or ((0.5,) if args.quick else _replication.FRACTIONS)
     return _replication.main(task, args, fractions)
 

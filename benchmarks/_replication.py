@@ -44,6 +44,7 @@ import keras_lemon
 from keras_lemon.schedules import LemonSchedule
 
 FRACTIONS = (0.3, 0.45, 0.6, 0.8)
+QUICK_STEPS = 40
 SEEDS = (0, 1)
 BASELINES = (
     # label, expand_model options (None: random init of the large model)
@@ -99,9 +100,19 @@ class Task:
 
     Subclasses set `name`, `title`, `metric` (str), `higher_is_better`,
     `small`, `large` (size dicts for `build`), `expand_sizes` (for
-    `expand_model`), `recipe`, `steps` (T), `small_steps` (S), `evals` (points
-    on each curve) and implement the methods below.
+    `expand_model`) and `recipe`, call `set_budget` (T, S, evaluations) and
+    implement the methods below.
     """
+
+    def set_budget(self, quick, steps, full_steps):
+        """T and S (`full_steps`, or 40 with `quick`), and evaluations per run.
+
+        `steps` overrides T (the `--steps` flag).
+        """
+        self.steps = steps or (QUICK_STEPS if quick else full_steps)
+        self.small_steps = QUICK_STEPS if quick else full_steps
+        self.evals = 2 if quick else 8
+        return 4 if quick else 100  # warmup steps
 
     def build(self, sizes, seed):
         """A new, uncompiled model of `sizes`, initialized from `seed`."""

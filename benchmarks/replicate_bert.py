@@ -72,12 +72,10 @@ class DocsBERT(_replication.Task):
         self.large = dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512,
                           **common)
         self.expand_sizes = dict(hidden=128, layers=4, intermediate=512)
-        self.steps = steps or (40 if quick else 1500)
-        self.small_steps = 40 if quick else 1500
-        self.evals = 2 if quick else 8
+        warmup = self.set_budget(quick, steps, full_steps=1500)
         # BERT's recipe (AdamW, cosine to 0.1 x peak) with a peak for small models.
         self.recipe = _replication.Recipe(
-            peak_learning_rate=1e-3, warmup_steps=4 if quick else 100, alpha=0.1,
+            peak_learning_rate=1e-3, warmup_steps=warmup, alpha=0.1,
             weight_decay=0.01, batch_size=32)
 
     def _pack(self, paragraphs):

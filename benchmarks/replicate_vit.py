@@ -38,12 +38,10 @@ class FashionViT(_replication.Task):
         self.large = dict(num_layers=4, hidden_dim=128, num_heads=4, mlp_dim=512)
         # Heads grow with the width: the head size (32) stays.
         self.expand_sizes = dict(hidden=128, layers=4, intermediate=512)
-        self.steps = steps or (40 if quick else 1200)
-        self.small_steps = 40 if quick else 1200
-        self.evals = 2 if quick else 8
+        warmup = self.set_budget(quick, steps, full_steps=1200)
         # DeiT's recipe scaled to this size: AdamW, peak 1e-3, cosine to 1e-5.
         self.recipe = _replication.Recipe(
-            peak_learning_rate=1e-3, warmup_steps=4 if quick else 100, alpha=0.01,
+            peak_learning_rate=1e-3, warmup_steps=warmup, alpha=0.01,
             weight_decay=0.05, batch_size=128)
 
     def build(self, sizes, seed):

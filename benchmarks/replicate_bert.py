@@ -72,7 +72,7 @@ class DocsBERT(_replication.Task):
         self.large = dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512,
                           **common)
         self.expand_sizes = dict(hidden=128, layers=4, intermediate=512)
-        warmup = self.set_budget(quick, steps, full_steps=1500)
+        warmup = self.set_budget(quick, steps, full_steps=1200)
         # BERT's recipe (AdamW, cosine to 0.1 x peak) with a peak for small models.
         self.recipe = _replication.Recipe(
             peak_learning_rate=1e-3, warmup_steps=warmup, alpha=0.1,

@@ -42,7 +42,7 @@ class FashionViT(_replication.Task):
         # DeiT's recipe scaled to this size: AdamW, peak 1e-3, cosine to 1e-5.
         self.recipe = _replication.Recipe(
             peak_learning_rate=1e-3, warmup_steps=warmup, alpha=0.01,
-            weight_decay=0.05, batch_size=128)
+            weight_decay=0.05, batch_size=64)
 
     def build(self, sizes, seed):
         backbone = keras_hub.models.ViTBackbone(

@@ -120,8 +120,8 @@ class Task:
         self.evals = 2 if quick else 6
         return 4 if quick else 100  # warmup steps
 
-    def build(self, sizes, seed):
-        """A new, uncompiled model of `sizes`, initialized from `seed`."""
+    def build(self, sizes):
+        """A new, uncompiled model of `sizes` (seeded by `fresh_model`)."""
         raise NotImplementedError
 
     def loss(self):
@@ -178,10 +178,16 @@ def train(task, model, schedule, steps, seed, label, fraction=None, sizes=None):
     return run
 
 
+def fresh_model(task, sizes, seed):
+    """`task.build(sizes)` with its random initialization drawn from `seed`."""
+    keras.utils.set_random_seed(seed)
+    return task.build(sizes)
+
+
 def _large_model(task, small, options, seed):
+    """The large model: `small` expanded with `options`, or random init (None)."""
     if options is None:
-        keras.utils.set_random_seed(seed)
-        return task.build(task.large, seed)
+        return fresh_model(task, task.large, seed)
     return keras_lemon.expand_model(small, seed=seed, **task.expand_sizes, **options)
 
 
@@ -210,17 +216,13 @@ def first_step_reaching(task, run, target):
 def replicate(task, fractions=FRACTIONS, seeds=SEEDS, baselines=BASELINES):
     """The whole protocol; returns a dict with every run and the summary."""
     start = time.time()
-    keras.utils.set_random_seed(seeds[0])
-    small = task.build(task.small, seeds[0])
+    small = fresh_model(task, task.small, seeds[0])
     small_run = train(task, small, task.recipe.schedule(task.small_steps),
                       task.small_steps, seeds[0], "Small model", sizes=task.small)
 
-    scratch = []
-    for seed in seeds:
-        keras.utils.set_random_seed(seed)
-        scratch.append(train(task, task.build(task.large, seed),
-                             task.recipe.schedule(task.steps), task.steps, seed,
-                             "Scratch"))
+    scratch = [train(task, _large_model(task, small, None, seed),
+                     task.recipe.schedule(task.steps), task.steps, seed, "Scratch")
+               for seed in seeds]
     target = float(np.mean([r.final for r in scratch]))
     print(f"[{task.name}] target Q = {target:.4f} {task.metric}", flush=True)
 

@@ -109,7 +109,7 @@ class DocsBERT(_replication.Task):
              "segment_ids": np.zeros_like(token_ids), "mask_positions": positions}
         return x, labels
 
-    def build(self, sizes, seed):
+    def build(self, sizes):
         return keras_hub.models.BertMaskedLM(
             backbone=keras_hub.models.BertBackbone(**sizes), preprocessor=None)
 

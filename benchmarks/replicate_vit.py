@@ -44,7 +44,7 @@ class FashionViT(_replication.Task):
             peak_learning_rate=1e-3, warmup_steps=warmup, alpha=0.01,
             weight_decay=0.05, batch_size=64)
 
-    def build(self, sizes, seed):
+    def build(self, sizes):
         backbone = keras_hub.models.ViTBackbone(
             image_shape=(28, 28, 1), patch_size=self.patch_size, **sizes)
         return keras_hub.models.ViTImageClassifier(

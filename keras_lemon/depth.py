@@ -68,6 +68,11 @@ def depth_plan(num_source, num_target, placement="interleave"):
     """The list of `BlockSpec` for growing `num_source` blocks to `num_target`."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+    if num_source < 1:
+        raise ValueError(
+            f"depth_plan needs a source with at least one block, got {num_source}: "
+            "with no block there is nothing to copy."
+        )
     if num_target < num_source:
         raise ValueError(
             f"layers={num_target} would remove blocks: the source has "

@@ -2,15 +2,17 @@
 
 import numpy as np
 
+from keras_lemon import deferred
 from keras_lemon.adapters import keras_hub_models
-from keras_lemon.adapters.keras_models import KerasModelAdapter
-from keras_lemon.adapters.keras_models import is_keras_model
 from keras_lemon.depth import PLACEMENTS
 from keras_lemon.depth import depth_plan
 from keras_lemon.engine import ExpansionSession
 from keras_lemon.plan import ExpansionPlan
 from keras_lemon.sizes import resolve_sizes
 from keras_lemon.sizes import transformer_dims
+from keras_lemon.support import explained
+from keras_lemon.support import graph_adapter
+from keras_lemon.support import is_family_model
 
 METHODS = ("lemon", "net2net", "zero_blocks")
 
@@ -41,7 +43,7 @@ def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method
                    config_keys, sample_inputs):
     """Traces a functional or subclassed model and resolves the target sizes."""
     _check_options(method, placement)
-    adapter = KerasModelAdapter(model, config_keys, sample_inputs)
+    adapter = graph_adapter(model, config_keys, sample_inputs)
     adapter.check_request(layers, intermediate)
     source = adapter.transformer_sizes()
     target = resolve_sizes(
@@ -58,16 +60,6 @@ def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method
 def _job_path(job):
     prefix = "" if job.block is None else f"block_{job.block}/"
     return prefix + job.key_layer.name
-
-
-def unsupported_model_error(model):
-    """The `ValueError` for a model that is neither a keras.Model nor a keras-hub model."""
-    return ValueError(
-        f"expand_model does not support {type(model).__name__} "
-        f"('{getattr(model, 'name', model)}'): pass a keras.Model (functional "
-        f"or subclassed) or one of the keras-hub models "
-        f"{', '.join(keras_hub_models.supported_classes())}."
-    )
 
 
 def expansion_plan(model, *, hidden=None, layers=None, heads=None,
@@ -94,21 +86,23 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
     4
     """
     session = ExpansionSession(method, seed=0, planning=True)
-    if keras_hub_models.find_family(model) is not None:
+    if is_family_model(model):
         family, source, target, dims, depth = _prepare(
             model, hidden, layers, heads, intermediate, placement, method
         )
         family.expand(session, model, None, dims, depth)
-    elif is_keras_model(model):
+    else:
         adapter, source, target, dims, depth = _prepare_graph(
             model, hidden, layers, heads, intermediate, placement, method,
             config_keys, sample_inputs,
         )
-        for job in adapter.jobs(dims, depth):
-            session.expand_layer(job.source, None, _job_path(job), job.dims, job.flags, rule=job.rule)
+        try:
+            for job in adapter.jobs(dims, depth):
+                session.expand_layer(job.source, None, _job_path(job), job.dims, job.flags,
+                                     rule=job.rule)
+        except (TypeError, AttributeError, KeyError, IndexError) as error:
+            raise explained(model, error) from error
         dims = {k: v for k, v in dims.items() if k != "ffn"}
-    else:
-        raise unsupported_model_error(model)
     return ExpansionPlan(
         model_class=type(model).__name__,
         source_sizes=source.as_dict(),
@@ -204,7 +198,7 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
     session = ExpansionSession(method, seed, progress=progress)
-    if keras_hub_models.find_family(model) is not None:
+    if is_family_model(model):
         family, source, target, dims, depth = _prepare(
             model, hidden, layers, heads, intermediate, placement, method
         )
@@ -214,18 +208,23 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
             probe = family.probe_inputs(model) if sample_inputs is None else sample_inputs
             family.verify(model, new_model, probe)
         return new_model
-    if not is_keras_model(model):
-        raise unsupported_model_error(model)
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
         config_keys, sample_inputs,
     )
-    jobs = adapter.jobs(dims, depth)
-    new_model, targets = adapter.build_target(dims, target, depth)
-    session.expect(len(new_model.weights))
-    for job in jobs:
-        session.expand_layer(job.source, adapter.target_layer(targets, job), _job_path(job),
-                             job.dims, job.flags, rule=job.rule)
+    try:
+        jobs = adapter.jobs(dims, depth)
+        new_model, targets = adapter.build_target(dims, target, depth)
+        if adapter.fit_to_targets(targets):
+            jobs = adapter.jobs(dims, depth)
+        session.expect(len(new_model.weights))
+        for job in jobs:
+            session.expand_layer(job.source, adapter.target_layer(targets, job), _job_path(job),
+                                 job.dims, job.flags, rule=job.rule)
+    except (TypeError, AttributeError, KeyError, IndexError) as error:
+        raise explained(model, error) from error
+    finally:
+        deferred.finish()
     session.check_complete(new_model)
     if verify:
         adapter.verify(new_model)

@@ -27,7 +27,8 @@ def output_error(source, model, inputs, expected_from_source=None):
         expected_from_source: optional function mapping each of the source's
             outputs (a NumPy array) to the output the expanded model must
             produce, for outputs that grow with the model (a backbone's
-            hidden states).
+            hidden states); or a list of such functions (None for an output
+            that keeps its size), one per flattened output.
 
     Returns:
         float, the worst relative error over the (flattened) outputs.
@@ -42,12 +43,14 @@ def output_error(source, model, inputs, expected_from_source=None):
             f"'{model.name}' returns {len(actual)} outputs, its source '{source.name}' "
             f"{len(expected)}."
         )
+    if not isinstance(expected_from_source, (list, tuple)):
+        expected_from_source = [expected_from_source] * len(expected)
     error = 0.0
-    for a, b in zip(expected, actual):
+    for a, b, expand in zip(expected, actual, expected_from_source):
         a = keras.ops.convert_to_numpy(a).astype("float64")
         b = keras.ops.convert_to_numpy(b).astype("float64")
-        if expected_from_source is not None:
-            a = expected_from_source(a)
+        if expand is not None:
+            a = expand(a)
         if a.shape != b.shape:
             raise ValueError(f"Output shape {b.shape} of '{model.name}', source {a.shape}.")
         error = max(error, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))

@@ -3,11 +3,10 @@
 import dataclasses
 
 from keras_lemon.adapters import keras_hub_models
-from keras_lemon.adapters.keras_models import KerasModelAdapter
 from keras_lemon.adapters.keras_models import is_functional
-from keras_lemon.adapters.keras_models import is_keras_model
+from keras_lemon.adapters.keras_models import is_keras_hub_model
 from keras_lemon.depth import PLACEMENTS
-from keras_lemon.expand import unsupported_model_error
+from keras_lemon.support import graph_adapter
 from keras_lemon.sizes import valid_heads
 
 
@@ -99,13 +98,14 @@ def expansion_options(model, *, config_keys=None, sample_inputs=None):
     if family is not None:
         sizes = family.sizes(getattr(model, "backbone", model))
         name, post_ln, tied = family.name, family.post_ln, True
-    elif is_keras_model(model):
-        adapter = KerasModelAdapter(model, config_keys, sample_inputs)
+    else:
+        adapter = graph_adapter(model, config_keys, sample_inputs)
         sizes = adapter.transformer_sizes()
         post_ln, tied = adapter.roles.post_ln, adapter.source_sizes["tied_heads"]
-        name = f"{'functional' if is_functional(model) else 'subclassed'} keras.Model"
-    else:
-        raise unsupported_model_error(model)
+        if is_keras_hub_model(model):
+            name = f"keras-hub {type(model).__name__} ({'post-LN' if post_ln else 'pre-LN'}, general path)"
+        else:
+            name = f"{'functional' if is_functional(model) else 'subclassed'} keras.Model"
     widths = tuple(sizes.hidden * k for k in (2, 3, 4))
     return ExpansionOptions(
         model_class=type(model).__name__,

@@ -49,7 +49,7 @@ def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
     for name, value in (("hidden", hidden), ("layers", layers), ("heads", heads),
                         ("intermediate", intermediate)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise TypeError(f"{name} must be a positive int, got {value!r}.")
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
     hidden = source.hidden if hidden is None else hidden
     layers = source.layers if layers is None else layers
     for name, asked, have in (("hidden", hidden, source.hidden), ("layers", layers, source.layers),

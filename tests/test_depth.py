@@ -37,3 +37,9 @@ def test_bad_depth():
         depth_plan(4, 3)
     with pytest.raises(ValueError, match="placement"):
         depth_plan(2, 4, "random")
+
+
+@pytest.mark.parametrize("placement", ["interleave", "stack"])
+def test_no_source_block_is_a_clear_error(placement):
+    with pytest.raises(ValueError, match="at least one block, got 0"):
+        depth_plan(0, 3, placement)

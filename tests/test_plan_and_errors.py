@@ -58,13 +58,16 @@ def test_model_name_in_error(make_model):
 
 
 def test_unsupported_model():
-    with pytest.raises(ValueError, match="does not support Dense.*keras-hub models BertBackbone"):
+    with pytest.raises(ValueError, match="does not support Dense.*supported: BertBackbone"):
         keras_lemon.expand_model(keras.layers.Dense(3), hidden=8)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="no residual connection"):
         keras_lemon.expand_model(model, hidden=8)
 
 
-def test_bad_argument_types(make_model):
-    with pytest.raises(TypeError, match="hidden must be a positive int"):
-        keras_lemon.expand_model(make_model("ViTBackbone"), hidden=24.0)
+@pytest.mark.parametrize("kwargs", [dict(hidden=24.0), dict(hidden=0), dict(layers=-1),
+                                    dict(heads=True), dict(intermediate="64")])
+def test_bad_sizes_are_value_errors(make_model, kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be a positive int, got {kwargs[name]!r}"):
+        keras_lemon.expand_model(make_model("ViTBackbone"), **kwargs)

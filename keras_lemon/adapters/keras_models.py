@@ -24,10 +24,14 @@ an inexact expansion raises instead of returning a silently lossy model.
 import dataclasses
 
 import keras
+import keras_hub
 import numpy as np
+
+from keras_lemon import deferred
 
 from keras_lemon.graph.roles import GraphRoles
 from keras_lemon.graph.roles import node_kind
+from keras_lemon.graph.trace import should_inline
 from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
@@ -51,6 +55,24 @@ SIZE_KEYS = {
                      "ffn_dim", "dim_feedforward", "feedforward_dim", "mlp_units"),
     "head_dim": ("key_dim", "head_dim", "head_size"),
 }
+
+
+#: Positions per sequence in the probe batch when the input shape leaves them
+#: open (a prime, so that a traced sequence axis is unlikely to share its size
+#: with a feature axis).
+PROBE_LENGTH = 11
+
+
+def _config_of(model):
+    try:
+        return model.get_config() or {}
+    except Exception:  # a model without a serializable config
+        return {}
+
+
+def is_keras_hub_model(model):
+    """A keras-hub backbone or task (functional, built from constructor arguments)."""
+    return isinstance(model, (keras_hub.models.Backbone, keras_hub.models.Task))
 
 
 def is_keras_model(model):
@@ -98,12 +120,21 @@ class KerasModelAdapter:
         self.graph = trace_model(model, self._input_specs())
         self.roles = GraphRoles(self.graph, self.name)
         self.source_sizes = self._source_sizes()
+        # Sizes the rebuilt model chose itself (see `fit_to_targets`).
+        self._grown_classes = {}
+        self._attention_dims = {}
 
     # --- sizes ---------------------------------------------------------------
 
     def _input_specs(self):
+        # keras-hub models compute masks and positions from the sequence
+        # length (`ops.arange(length)`), so they are traced at a fixed one;
+        # they are rebuilt from their config, never from the traced shapes.
+        fixed = self.probe_length() if is_keras_hub_model(self.model) else None
+
         def spec(shape, dtype, name=None):
-            return keras.KerasTensor((2,) + tuple(shape[1:]), dtype=dtype, name=name)
+            shape = tuple(fixed if s is None and fixed else s for s in shape[1:])
+            return keras.KerasTensor((2,) + shape, dtype=dtype, name=name)
 
         if self.sample_inputs is not None:
             return keras.tree.map_structure(
@@ -210,11 +241,14 @@ class KerasModelAdapter:
                     f"and key expanded differently ({', '.join(d.describe() for d in ins)}); "
                     "keras_lemon expands self-attention (one input activation)."
                 )
-            return {**base, "input": ins[0], "output": dim_of(node.outputs[0])}
+            return {**base, "input": ins[0], "output": dim_of(node.outputs[0]),
+                    **self._attention_dims.get(id(op), {})}
         inp = dim_of(node.inputs[0]) if node.inputs else None
         out = dim_of(node.outputs[0])
         if kind == "pointwise":
             return {**base, "input": out, "output": out}
+        if kind == "positional":
+            return {**base, "input": DimExpansion(1, 1), "output": out}
         if kind == "normalization":
             return {**base, "input": inp, "output": out}
         if inp is None:  # an embedding reads integer ids
@@ -223,7 +257,7 @@ class KerasModelAdapter:
 
     def leaf_dims(self, dims):
         """Source layer id -> dims of its rule (from its first call)."""
-        dim_of = self.roles.class_dims(dims["stream"], dims["ffn"])
+        dim_of = self.roles.class_dims(dims["stream"], dims["ffn"], self._grown_classes)
         self.roles.check(dim_of)
         out = {}
         for node in self.roles.leaf_nodes:
@@ -273,6 +307,49 @@ class KerasModelAdapter:
         jobs.extend(self._own_variable_jobs(dims, dim_of, specs))
         jobs.extend(self._copy_jobs(dim_of))
         return jobs
+
+    def fit_to_targets(self, targets):
+        """Adopts the sizes that the rebuilt layers chose from their configs.
+
+        A model or custom layer rebuilt from its config derives its
+        sublayers' sizes itself: keras-hub's pooler is `Dense(hidden_dim)`,
+        keras.io's `TransformerBlock` builds `MultiHeadAttention(key_dim=
+        embed_dim)`. Where a target layer's size differs from the plan, the
+        target wins: an activation that the plan kept grows circularly (its
+        copies are exact through any layer), and an attention layer's head
+        size grows (the query is rescaled). Call `jobs` again afterwards.
+
+        Returns:
+            True when some size changed.
+        """
+        changed = False
+        dim_of = self._dim_of
+        for node in self.roles.leaf_nodes:
+            layer = node.operation
+            target = _any_target(targets, layer)
+            if target is None or not layer.weights:
+                continue
+            if node_kind(node) == "attention":
+                found = {}
+                for role, size in (("key_dim", target.key_dim),
+                                   ("value_dim", target.value_dim or target.key_dim)):
+                    source = layer.key_dim if role == "key_dim" else layer.value_dim or layer.key_dim
+                    planned = self._leaf_dims_by_id[id(layer)][role]
+                    if size != planned.target and size >= source:
+                        found[role] = DimExpansion(source, size, "circular")
+                if found and found != self._attention_dims.get(id(layer)):
+                    self._attention_dims[id(layer)] = found
+                    changed = True
+                continue
+            size = _output_size(target)
+            out = node.outputs[0]
+            planned = dim_of(out)
+            if size is not None and planned.is_identity and size > planned.source:
+                cls = self.roles.cls(out)
+                if self._grown_classes.get(cls) != size:
+                    self._grown_classes[cls] = size
+                    changed = True
+        return changed
 
     def _check_new_blocks(self, specs):
         for spec in specs:
@@ -357,10 +434,22 @@ class KerasModelAdapter:
         return config
 
     def build_target(self, dims, target, specs):
-        if self.functional:
+        """The target model and `{(block, source layer id): target layer}`.
+
+        A keras-hub backbone is functional but its class builds its graph
+        from constructor arguments: like a subclassed model it is rebuilt
+        from its config (keeping its class), without the random
+        initialization of its variables (`keras_lemon.deferred`; call
+        `deferred.finish()` once every variable is written).
+        """
+        if self.functional and not self.rebuilt_from_config:
             builder = _FunctionalBuilder(self, dims, target, specs)
             return builder.build(), builder.leaf_targets
         return self._build_subclassed(dims, target, specs)
+
+    @property
+    def rebuilt_from_config(self):
+        return not self.functional or is_keras_hub_model(self.model)
 
     def _build_subclassed(self, dims, target, specs):
         model = self.model
@@ -373,13 +462,19 @@ class KerasModelAdapter:
                 "constructor's size arguments, or pass config_keys={'hidden': <key>}."
             )
         try:
-            new_model = type(model).from_config(config)
+            if self.functional:  # builds itself: skip the random init
+                with deferred.deferred_initialization():
+                    new_model = type(model).from_config(config)
+            else:
+                new_model = type(model).from_config(config)
         except Exception as error:
+            deferred.finish()
             raise ValueError(
                 f"{self.name}: could not rebuild it from its config at the new "
                 f"size ({type(error).__name__}: {error})."
             ) from error
-        new_model(self.probe_inputs(), training=False)
+        if not new_model.built:
+            new_model(self.probe_inputs(), training=False)
         targets = {}
         block_list = self._block_list(new_model, specs)
         _pair(model, new_model, None, targets, block_list, specs)
@@ -432,22 +527,46 @@ class KerasModelAdapter:
                 eps = [n.operation.epsilon for b in self.roles.blocks for u in b.units
                        if u.norm is not None for n in [u.norm]]
                 tolerance = max([tolerance] + [10 * e for e in eps])
-        return check_lossless(self.model, new_model, self.probe_inputs(), tolerance, self.name)
+        # Outputs that grow with the model (a backbone's hidden states) are
+        # compared with the source's expanded by their activation's pattern.
+        expand = [None if self._dim_of(key).is_identity else self._dim_of(key).expand
+                  for key in self.graph.outputs]
+        return check_lossless(self.model, new_model, self.probe_inputs(), tolerance,
+                              self.name, expand)
 
     def probe_inputs(self, seed=0):
-        """A batch of 2 inputs: token ids for inputs read by embeddings, else normal."""
+        """A batch of 2 inputs: token ids for inputs read by embeddings, else normal.
+
+        Integer inputs that no embedding reads are masks: all ones, the
+        second row padded at the end. Axes of unknown size (a sequence) get
+        `PROBE_LENGTH` positions, fewer if the model's config has a smaller
+        `max_sequence_length`.
+        """
         if self.sample_inputs is not None:
             return self.sample_inputs
         rng = np.random.default_rng(seed)
+        length = self.probe_length()
         flat = []
         for key in self.graph.inputs:
-            shape = self.graph.shapes[key]
+            shape = tuple(length if s is None else s for s in self.graph.shapes[key])
             vocab = self._embedding_vocabulary(key)
             if vocab:
                 flat.append(rng.integers(0, vocab, shape).astype("int32"))
+            elif "int" in self.graph.dtypes[key] or "bool" in self.graph.dtypes[key]:
+                mask = np.ones(shape, "int32")
+                if len(shape) == 2 and shape[1] > 1:
+                    mask[1, (3 * shape[1]) // 4:] = 0
+                flat.append(mask.astype(self.graph.dtypes[key]))
             else:
                 flat.append(rng.normal(size=shape).astype("float32"))
         return keras.tree.pack_sequence_as(self.graph.input_structure, flat)
+
+    def probe_length(self):
+        """`PROBE_LENGTH`, or the config's `max_sequence_length` if smaller."""
+        max_length = _config_of(self.model).get("max_sequence_length")
+        if isinstance(max_length, int) and max_length > 0:
+            return min(PROBE_LENGTH, max_length)
+        return PROBE_LENGTH
 
     def _embedding_vocabulary(self, key):
         consumers = self.roles.consumers
@@ -689,7 +808,9 @@ def _children(layer):
     # On the torch backend, sublayers are torch modules, kept in `_modules`.
     attributes.update(attributes.pop("_modules", None) or {})
     for name, value in attributes.items():
-        if name in ("_layers", "_functional", "_tracker"):
+        # Bookkeeping lists of Keras (a functional model's `_operations`)
+        # are not sublayers the model defines.
+        if name in ("_layers", "_functional", "_tracker", "_operations"):
             continue
         if isinstance(value, keras.layers.Layer) and id(value) not in seen:
             seen.add(id(value))
@@ -714,7 +835,7 @@ def _layers_in(value):
 def _pair(source, target, t, targets, block_list, specs):
     """Maps each source sublayer to its target counterpart, by attribute path."""
     targets[(t, id(source))] = target
-    if get_rule(source) is not None or not _is_custom(source) and not isinstance(source, keras.Model):
+    if not should_inline(source):
         return
     for name, child in _children(source):
         other = getattr(target, name, None)
@@ -742,6 +863,23 @@ def _pair_value(source, target, t, targets, specs, where=""):
 
 def _is_custom(layer):
     return not type(layer).__module__.startswith("keras.")
+
+
+def _any_target(targets, layer):
+    """The target counterpart of `layer` (in any block), or None."""
+    found = targets.get((None, id(layer)))
+    if found is None:
+        found = next((v for (_, k), v in targets.items() if k == id(layer)), None)
+    return found
+
+
+def _output_size(layer):
+    """The feature size a core layer writes, from its config (None if unknown)."""
+    for cls, attribute in ((keras.layers.Dense, "units"), (keras.layers.Embedding, "output_dim"),
+                           (keras.layers.Conv2D, "filters")):
+        if isinstance(layer, cls):
+            return getattr(layer, attribute)
+    return None
 
 
 def _seen(jobs, layer):

@@ -156,6 +156,11 @@ class GraphRoles:
             | {self.cls(u.add.outputs[0]) for u in self.units}
         self.hidden = self._stream_size()
         self.post_ln = self._detect_post_ln()
+        # A LayerNorm that writes the stream without reading it (BERT's
+        # embedding LayerNorm) reads an activation that grows as the stream.
+        self.norm_into_stream = {i for o, i in self.norm_input.items()
+                                 if o in self.stream_classes} - self.stream_classes
+        self.stream_classes |= self.norm_into_stream
         self.ffn_classes = self._find_ffn_classes()
         self.attention_nodes = [n for n in self.leaf_nodes if node_kind(n) == "attention"]
         for unit in self.units:
@@ -224,7 +229,9 @@ class GraphRoles:
             if node.inlined:
                 continue
             upstream = set()
-            for key in node.inputs:
+            # A positional layer reads only its input's shape: its output
+            # is not computed from the input (`x + position(x)` is no residual).
+            for key in ([] if node_kind(node) == "positional" else node.inputs):
                 upstream |= ancestors.get(key, set())
                 upstream.add(key)
             for key in node.outputs:
@@ -373,14 +380,18 @@ class GraphRoles:
 
     # --- dims ----------------------------------------------------------------
 
-    def class_dims(self, stream, intermediate):
+    def class_dims(self, stream, intermediate, grown=None):
         """A function: tensor key -> `DimExpansion` of its feature axis.
 
         Args:
             stream: `DimExpansion` of the residual stream.
             intermediate: dict FFN source width -> target width.
+            grown: optional dict class -> target width, for activations
+                that are neither the stream nor an FFN width but that the
+                rebuilt model sizes from its config anyway (a pooler
+                `Dense(hidden_dim)`): they grow circularly.
         """
-        memo = {}
+        memo, grown = {}, grown or {}
 
         def dim(key):
             c = self.cls(key)
@@ -405,8 +416,12 @@ class GraphRoles:
             elif c in self.ffn_classes:
                 size = self.size(key)
                 result = DimExpansion(size, intermediate[size], "circular")
+            elif c in grown:
+                result = DimExpansion(self.size(key), grown[c], "circular")
             else:
-                size = self.size(key)
+                # A feature axis of unknown size (a mask's sequence axis) is
+                # not a width: it never grows.
+                size = self.size(key) or 1
                 result = DimExpansion(size, size)
             memo[c] = result
             return result
@@ -415,6 +430,15 @@ class GraphRoles:
 
     def check(self, dim):
         """Raises for operations that cannot pass an expanded activation exactly."""
+        stream = dim(next(iter(self.units)).skip)
+        if self.norm_into_stream and not self.post_ln and stream.extras:
+            raise ExpansionError(
+                f"{self.model_name}: a LayerNormalization writes the residual stream of this "
+                f"pre-LN model (its embedding LayerNorm), so the stream would grow "
+                f"{stream.describe()} with extras that are zero, not the average the "
+                f"blocks' LayerNorms need; only a hidden size that is a multiple of "
+                f"{stream.source} is exact (e.g. {2 * stream.source})."
+            )
         for node in self.opaque:
             keys = node.inputs + node.outputs
             grown = [k for k in keys if not dim(k).is_identity]

@@ -28,6 +28,7 @@ import dataclasses
 import keras
 
 from keras_lemon.graph.feature_ops import feature_behavior
+from keras_lemon.rules.registry import get_kind
 from keras_lemon.rules.registry import get_rule
 
 
@@ -226,11 +227,18 @@ def _nodes_between(outputs, stop):
 
 
 def should_inline(op):
-    """Nested models and custom layers without a rule are opened up."""
+    """Nested models and custom layers without a rule are opened up.
+
+    So are composite layers whose rule has no graph kind (keras-hub's
+    `TransformerEncoder`, registered for the family adapters): inside a
+    traced graph their sublayers and operations say more than one opaque node.
+    """
     if isinstance(op, keras.Model):
         return True
-    if not isinstance(op, keras.layers.Layer) or get_rule(op) is not None:
+    if not isinstance(op, keras.layers.Layer):
         return False
+    if get_rule(op) is not None:
+        return get_kind(op) is None and bool(op._flatten_layers(include_self=False))
     if feature_behavior(op) is not None:
         return False
     return not type(op).__module__.startswith("keras.")

@@ -125,13 +125,13 @@ def expand_vit_patching_and_embedding(layer, ctx):
     ctx.expand_sublayer("position_embedding", output=stream)
 
 
-@register_rule(PositionEmbedding)
+@register_rule(PositionEmbedding, kind="positional")
 def expand_position_embedding(layer, ctx):
     """keras-hub PositionEmbedding: table `(length, features)`, features fan-out."""
     ctx.fan_out("position_embeddings", {1: ctx.dims["output"]})
 
 
-@register_rule(keras.layers.ReversibleEmbedding)
+@register_rule(keras.layers.ReversibleEmbedding, kind="projection")
 def expand_reversible_embedding(layer, ctx):
     """Token table fan-out; an untied reverse projection reads `"reverse_input"`."""
     ctx.fan_out("embeddings", {1: ctx.dims["output"]})

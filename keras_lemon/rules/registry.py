@@ -42,7 +42,7 @@ from keras_lemon import index_maps
 _RULES = {}
 
 
-KINDS = ("projection", "pointwise", "normalization", "attention")
+KINDS = ("projection", "pointwise", "normalization", "attention", "positional")
 _KINDS = {}
 
 
@@ -59,8 +59,12 @@ def register_rule(layer_class, rule=None, *, kind=None):
             `"projection"` (its output features are its own, like `Dense`:
             `ctx.dims["input"]` and `ctx.dims["output"]` can differ),
             `"pointwise"` (its output features are its input's, like a
-            per-feature scale: both dims are the same). `None` (default):
-            the layer is supported only inside keras-hub models.
+            per-feature scale: both dims are the same), `"positional"` (its
+            output depends only on its input's shape, like a position
+            embedding table: adding it to its input is no residual
+            connection). `None` (default): the layer is supported only
+            inside keras-hub models; a composite one (with sublayers) is
+            opened up when it appears inside a traced model.
 
     Returns:
         The rule (so that `@register_rule(MyLayer)` keeps the function).

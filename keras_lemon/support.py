@@ -1,0 +1,187 @@
+"""Which models keras_lemon can expand, and the one place that says so.
+
+`graph_adapter` is the single entry for every model that has no keras-hub
+family adapter (`keras_lemon.adapters.keras_hub_models`): users' functional
+and subclassed models and keras-hub backbones alike are traced and their
+roles inferred (`keras_lemon.adapters.keras_models`). keras-hub classes known
+not to be expandable exactly are refused up front with their reason
+(`CLASS_REFUSALS`); anything else that goes wrong while analysing a keras-hub
+model becomes a `ValueError` naming the class instead of an error from deep
+inside Keras.
+"""
+
+from keras_lemon.adapters import keras_hub_models
+from keras_lemon.adapters.keras_models import KerasModelAdapter
+from keras_lemon.adapters.keras_models import is_keras_hub_model
+from keras_lemon.adapters.keras_models import is_keras_model
+from keras_lemon.rules.registry import ExpansionError
+
+_CNN = ("a convolutional network: keras_lemon grows transformers (a residual stream, "
+        "attention heads, feed-forward layers); channel widths that change from stage to "
+        "stage have no lossless LEMON rule")
+_COMPOSITE = ("it combines several models (encoders, decoders or heads of different "
+              "widths) in one backbone; keras_lemon grows one residual stream")
+_ENCODER_DECODER = ("an encoder-decoder with cross-attention and a KV cache: not supported "
+                    "yet (keras_lemon grows encoders; the decoder issue comes next)")
+_DECODER = ("a decoder LLM whose attention keeps a KV cache (keras-hub "
+            "CachedMultiHeadAttention or a rotary attention layer): not supported yet, "
+            "no expansion rule covers its attention and RMSNorm layers")
+_MOE = ("a mixture of experts: its router reads the residual stream, and a wider "
+        "stream changes which experts are chosen unless the router grows too; "
+        "not supported")
+_ROTARY = ("its attention layer applies rotary position embeddings inside a custom "
+           "attention layer that has no expansion rule yet")
+
+#: keras-hub backbone class name -> why it cannot be expanded (exactly) yet.
+CLASS_REFUSALS = {
+    "AlbertBackbone": ("ALBERT shares one set of block weights across its layers "
+                       "(num_groups, num_inner_repetitions): a new layer cannot get its own "
+                       "weights, and the shared blocks are not yet matched to their uses"),
+    "BASNetBackbone": _COMPOSITE,
+    "BLIP2Backbone": _COMPOSITE,
+    "BartBackbone": _ENCODER_DECODER,
+    "BloomBackbone": _DECODER,
+    "CLIPBackbone": _COMPOSITE,
+    "CSPNetBackbone": _CNN,
+    "DFineBackbone": _COMPOSITE,
+    "DINOV3Backbone": _ROTARY,
+    "DebertaV3Backbone": ("its disentangled relative-position attention "
+                          "(DisentangledSelfAttention) has no expansion rule yet"),
+    "DeepLabV3Backbone": _COMPOSITE,
+    "DeiTBackbone": ("its encoder blocks (DeiTEncoderBlock) return attention scores "
+                     "beside the stream, which the graph trace does not follow yet"),
+    "DenseNetBackbone": _CNN,
+    "DepthAnythingBackbone": _COMPOSITE,
+    "ESM2Backbone": _ROTARY,
+    "ESMBackbone": _ROTARY,
+    "EdRecBackbone": _ENCODER_DECODER,
+    "EfficientNetBackbone": _CNN,
+    "FNetBackbone": ("FNet mixes features with an FFT over the hidden axis: a wider "
+                     "hidden axis changes every Fourier coefficient, so no expansion "
+                     "is exact"),
+    "FalconBackbone": _DECODER,
+    "FeaturePyramidBackbone": _CNN,
+    "FluxBackbone": ("a diffusion transformer whose blocks are modulated by a timestep "
+                     "embedding (adaptive LayerNorm) and use rotary attention: not supported"),
+    "GPT2Backbone": _DECODER,
+    "GPTNeoXBackbone": _DECODER,
+    "Gemma3Backbone": _DECODER,
+    "Gemma3nBackbone": _DECODER,
+    "Gemma4Backbone": _DECODER,
+    "GemmaBackbone": _DECODER,
+    "GptOssBackbone": _MOE,
+    "HGNetV2Backbone": _CNN,
+    "Llama3Backbone": _DECODER,
+    "LlamaBackbone": _DECODER,
+    "MetaCLIP2Backbone": _COMPOSITE,
+    "MiTBackbone": ("a hierarchical vision transformer whose width changes from stage "
+                    "to stage (overlapping patch merging, spatial-reduction attention)"),
+    "MistralBackbone": _DECODER,
+    "MixtralBackbone": _MOE,
+    "MobileNetBackbone": _CNN,
+    "MobileNetV5Backbone": _CNN,
+    "MoonshineBackbone": _ENCODER_DECODER,
+    "OPTBackbone": _DECODER,
+    "PARSeqBackbone": _COMPOSITE,
+    "PaliGemmaBackbone": _COMPOSITE,
+    "Phi3Backbone": _DECODER,
+    "Qwen2Backbone": _DECODER,
+    "Qwen3Backbone": _DECODER,
+    "Qwen3MoeBackbone": _MOE,
+    "Qwen3_5Backbone": _DECODER,
+    "Qwen3_5MoeBackbone": _MOE,
+    "QwenBackbone": _DECODER,
+    "QwenMoeBackbone": _MOE,
+    "RWKV7Backbone": ("a linear-attention RNN (RWKV time mixing with per-channel decay): "
+                      "not a transformer with attention heads"),
+    "ResNetBackbone": _CNN,
+    "RetinaNetBackbone": _COMPOSITE,
+    "RoformerV2Backbone": _ROTARY,
+    "SAM3PromptableConceptBackbone": _COMPOSITE,
+    "SAMBackbone": _COMPOSITE,
+    "SegFormerBackbone": _COMPOSITE,
+    "SigLIPBackbone": _COMPOSITE,
+    "SmolLM3Backbone": _DECODER,
+    "SmolLMBackbone": _DECODER,
+    "StableDiffusion3Backbone": _COMPOSITE,
+    "SwinTransformerBackbone": ("window attention with per-head relative position bias "
+                                "tables, and patch merging that changes the width between "
+                                "stages"),
+    "T5Backbone": _ENCODER_DECODER,
+    "T5Gemma2Backbone": _ENCODER_DECODER,
+    "T5GemmaBackbone": _ENCODER_DECODER,
+    "VGGBackbone": _CNN,
+    "ViTDetBackbone": ("windowed attention with relative position embeddings sized to "
+                       "the head size, and a convolutional neck"),
+    "VideoPrismBackbone": ("a factorized space-time encoder (two transformer stacks over "
+                           "different axes): not supported yet"),
+    "WhisperBackbone": _ENCODER_DECODER,
+    "XceptionBackbone": _CNN,
+    "XLNetBackbone": ("its two-stream relative attention (XLNetRelativeAttention) has no "
+                      "expansion rule"),
+}
+
+
+def supported_summary():
+    """One sentence listing what is supported, for error messages."""
+    families = ", ".join(keras_hub_models.supported_classes())
+    return (f"supported: {families}; RobertaBackbone, XLMRobertaBackbone, DistilBertBackbone, "
+            "ElectraBackbone and DINOV2Backbone (width) through the general path; your own "
+            "functional or subclassed transformers (see the README's census table)")
+
+
+def refusal(model):
+    """The reason `model`'s class cannot be expanded, or None.
+
+    The nearest keras-hub class of the backbone decides (a user's subclass
+    of `LlamaBackbone` is a Llama; `DINOV2Backbone`, a subclass of the
+    refused `FeaturePyramidBackbone`, is judged as itself).
+    """
+    backbone = getattr(model, "backbone", model)
+    for cls in type(backbone).__mro__:
+        if cls.__module__.startswith("keras_hub"):
+            return CLASS_REFUSALS.get(cls.__name__)
+    return None
+
+
+def check_supported(model):
+    """Raises the `ValueError` for a model that cannot be expanded at all."""
+    if not is_keras_model(model):
+        raise ValueError(
+            f"expand_model does not support {type(model).__name__} "
+            f"('{getattr(model, 'name', model)}'): pass a keras.Model (functional "
+            f"or subclassed) or a keras-hub model; {supported_summary()}."
+        )
+    reason = refusal(model)
+    if reason is not None:
+        raise ExpansionError(
+            f"{type(model).__name__} '{model.name}' cannot be expanded: {reason}. "
+            f"{supported_summary()[0].upper()}{supported_summary()[1:]}."
+        )
+
+
+def explained(model, error):
+    """`error` as an `ExpansionError` naming `model`, when it came from deep inside."""
+    if isinstance(error, ExpansionError) or not is_keras_hub_model(model):
+        return error
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return ExpansionError(
+        f"{type(model).__name__} '{model.name}': keras_lemon could not analyse this "
+        f"model's graph ({type(error).__name__}: {first_line[:200]}); no exact "
+        f"expansion is known for it. {supported_summary()[0].upper()}{supported_summary()[1:]}."
+    )
+
+
+def graph_adapter(model, config_keys=None, sample_inputs=None):
+    """A `KerasModelAdapter` for `model`, or the `ValueError` that says why not."""
+    check_supported(model)
+    try:
+        return KerasModelAdapter(model, config_keys, sample_inputs)
+    except (ValueError, TypeError, AttributeError, NotImplementedError, KeyError,
+            IndexError, ZeroDivisionError) as error:
+        raise explained(model, error) from error
+
+
+def is_family_model(model):
+    """True for a model with its own keras-hub family adapter (BERT, ViT)."""
+    return keras_hub_models.find_family(model) is not None

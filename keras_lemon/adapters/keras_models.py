@@ -22,6 +22,7 @@ an inexact expansion raises instead of returning a silently lossy model.
 """
 
 import dataclasses
+import inspect
 
 import keras
 import keras_hub
@@ -691,7 +692,7 @@ class _FunctionalBuilder:
         else:
             config = layer.get_config()
         config["name"] = self._name(layer, t, fresh)
-        new = type(layer).from_config(config)
+        new = from_config_tolerant(type(layer), config)
         if dims is not None:
             self.leaf_targets[(t, id(layer))] = new
         elif _is_custom(layer):
@@ -729,6 +730,26 @@ class _FunctionalBuilder:
             name += "_"
         self._names.add(name)
         return name
+
+
+def from_config_tolerant(cls, config):
+    """`cls.from_config(config)`, also for layers whose `__init__` takes no `**kwargs`.
+
+    Keras records a custom layer's constructor arguments as its config and
+    adds `name`, `trainable` and `dtype`; a layer written without `**kwargs`
+    (keras.io's `TransformerBlock`) cannot take those back. Then the layer
+    is built from its own arguments only and given its name afterwards.
+    """
+    try:
+        return cls.from_config(config)
+    except TypeError:
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            raise
+        layer = cls.from_config({k: v for k, v in config.items() if k in parameters})
+        if "name" in config:
+            layer.name = config["name"]
+        return layer
 
 
 def _functional_like(model, inputs, outputs, name=None):
@@ -836,6 +857,11 @@ def _pair(source, target, t, targets, block_list, specs):
     """Maps each source sublayer to its target counterpart, by attribute path."""
     targets[(t, id(source))] = target
     if not should_inline(source):
+        return
+    if isinstance(source, keras.Sequential):
+        # A Sequential keeps its layers in a list Keras owns, in order.
+        _pair_value(list(source.layers), list(target.layers), t, targets, specs,
+                    where=f"{source.name}.layers")
         return
     for name, child in _children(source):
         other = getattr(target, name, None)

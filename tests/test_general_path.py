@@ -1,0 +1,98 @@
+"""keras-hub backbones and keras.io examples through the one general path.
+
+These classes have no family adapter: they are traced, their roles inferred
+from the graph, rebuilt from their config and written by the layer rules
+(`keras_lemon.support.graph_adapter`). Every weight is randomized (norm
+gammas and betas too); `census.check_request` compares all outputs with the
+source's at `TOLERANCE` on random inputs and checks the source is unchanged.
+"""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from census import check_request
+from census import random_inputs
+from census_configs import CONFIGS
+from conftest import TOLERANCE
+from conftest import randomize
+from conftest import relative_error
+from keras_io_models import text_classification_transformer
+
+import keras_lemon
+
+POST_LN = ["RobertaBackbone", "XLMRobertaBackbone", "DistilBertBackbone", "ElectraBackbone"]
+CASES = {
+    "width_x2_head_size_grows": dict(hidden=32, heads=2),
+    "width_x3_and_depth_interleave": dict(hidden=48, layers=5),
+    "depth_stack": dict(layers=5, placement="stack"),
+    "width_and_depth_net2net": dict(hidden=32, layers=3, method="net2net"),
+    "width_and_depth_zero_blocks": dict(hidden=32, layers=4, method="zero_blocks"),
+}
+
+
+def build(name):
+    return randomize(getattr(keras_hub.models, name)(**CONFIGS[name]))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("name", POST_LN)
+def test_post_ln_encoders_lossless(name, case):
+    status, error = check_request(build(name), CASES[case])
+    assert status == "yes", error
+
+
+@pytest.mark.parametrize("name", POST_LN)
+def test_post_ln_non_multiple_width_is_refused(name):
+    model = build(name)
+    with pytest.raises(ValueError, match=f"{type(model).__name__}.*post-LN.*multiple of 16"):
+        keras_lemon.expand_model(model, hidden=24)
+
+
+def test_pre_ln_dinov2_width_multiples():
+    status, error = check_request(build("DINOV2Backbone"), dict(hidden=48, heads=6))
+    assert status == "yes", error
+
+
+def test_pre_ln_dinov2_layer_scale_refuses_non_multiples():
+    # LayerScale multiplies the branch per feature: an averaged extra unit
+    # would need mean(z * gamma) = mean(z) * gamma', not true in general.
+    with pytest.raises(ValueError, match="DINOV2Backbone.*per-feature.*multiple of 16"):
+        keras_lemon.expand_model(build("DINOV2Backbone"), hidden=24, heads=3)
+
+
+def test_expanded_roberta_saves_and_reloads(tmp_path):
+    model = build("RobertaBackbone")
+    big = keras_lemon.expand_model(model, hidden=32, layers=3, seed=0)
+    assert (big.hidden_dim, big.num_layers, big.num_heads) == (32, 3, 4)
+    path = str(tmp_path / "big.keras")
+    big.save(path)
+    again = keras.saving.load_model(path)
+    inputs = random_inputs(model)
+    a = keras.ops.convert_to_numpy(big(inputs)["sequence_output"] if isinstance(big(inputs), dict)
+                                   else big(inputs))
+    b = keras.ops.convert_to_numpy(again(inputs)["sequence_output"] if isinstance(again(inputs), dict)
+                                   else again(inputs))
+    assert type(again) is type(big) and relative_error(a, b) <= 1e-6
+
+
+def test_expansion_options_of_a_general_path_backbone():
+    options = keras_lemon.expansion_options(build("ElectraBackbone"))
+    assert options.post_ln and options.sizes.hidden == 16 and options.sizes.layers == 2
+    assert "ElectraBackbone" in options.family
+
+
+@pytest.mark.parametrize("blocks,request_", [(1, dict(hidden=16)), (1, dict(layers=2)),
+                                             (2, dict(hidden=16, layers=4)),
+                                             (2, dict(hidden=24, layers=3))])
+def test_keras_io_text_classification_transformer(blocks, request_):
+    """As published: MultiHeadAttention(key_dim=embed_dim), no get_config, post-LN."""
+    model = randomize(text_classification_transformer(blocks=blocks))
+    inputs = np.random.default_rng(0).integers(0, 50, (3, 10)).astype("int32")
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+    big = keras_lemon.expand_model(model, seed=0, **request_)
+    error = relative_error(keras.ops.convert_to_numpy(model(inputs)),
+                           keras.ops.convert_to_numpy(big(inputs)))
+    assert error <= TOLERANCE
+    assert all(np.array_equal(a, keras.ops.convert_to_numpy(v))
+               for a, v in zip(before, model.weights))

@@ -132,11 +132,15 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
 
     Args:
         model: a keras-hub `BertBackbone`, `BertMaskedLM`, `BertTextClassifier`,
-            `ViTBackbone` or `ViTImageClassifier`; or a built `keras.Model` of
-            your own, functional (nested models and custom layers inside
-            allowed) or subclassed (rebuilt with `from_config`), whose roles
-            are inferred from its graph (see
-            `keras_lemon.adapters.keras_models`).
+            `ViTBackbone` or `ViTImageClassifier` (family adapters); another
+            keras-hub backbone the census supports (`RobertaBackbone`,
+            `XLMRobertaBackbone`, `DistilBertBackbone`, `ElectraBackbone`,
+            `DINOV2Backbone`: traced and rebuilt from its config, see
+            `keras_lemon.support`); or a built `keras.Model` of your own,
+            functional (nested models and custom layers inside allowed) or
+            subclassed (rebuilt with `from_config`), whose roles are inferred
+            from its graph (see `keras_lemon.adapters.keras_models`).
+            Other keras-hub classes are refused with their reason.
         hidden: int. Target hidden size (default: unchanged). Post-LN models
             (BERT) need a multiple of the source's; pre-LN (ViT) any larger.
         layers: int. Target number of blocks (default: unchanged).

@@ -19,8 +19,8 @@ import keras_hub
 import numpy as np
 from keras_hub.src.utils import preset_utils
 
-from keras_lemon.adapters import keras_hub_models
 from keras_lemon.expand import expand_model
+from keras_lemon.support import family_for_class
 from keras_lemon.version import __version__
 
 METADATA_KEY = "keras_lemon"
@@ -58,15 +58,10 @@ class LoadedPreset:
         self.format = "keras" if isinstance(loader, preset_utils.KerasPresetLoader) \
             else type(loader).__name__.replace("PresetLoader", "").lower()
         backbone_cls = loader.check_backbone_class()
-        family = keras_hub_models.family_for_class(backbone_cls)
-        if family is None:
-            raise ValueError(
-                f"Preset '{preset}' holds a {backbone_cls.__name__}; keras_lemon "
-                "expands presets of "
-                + ", ".join(f.backbone_class.__name__ for f in keras_hub_models.FAMILIES)
-                + " (and their tasks)."
-            )
-        self.family = family
+        try:
+            self.family = family_for_class(backbone_cls)
+        except ValueError as error:
+            raise ValueError(f"Preset '{preset}': {error}") from error
         self.preprocessing = {}
         if self.format == "keras":
             self.model = self._load_keras(preset, backbone_cls, load_weights)

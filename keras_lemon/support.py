@@ -11,6 +11,8 @@ inside Keras.
 """
 
 from keras_lemon.adapters import keras_hub_models
+from keras_lemon.index_maps import DimExpansion
+from keras_lemon.lossless import check_lossless
 from keras_lemon.adapters.keras_models import KerasModelAdapter
 from keras_lemon.adapters.keras_models import is_keras_hub_model
 from keras_lemon.adapters.keras_models import is_keras_model
@@ -137,8 +139,11 @@ def refusal(model):
     of `LlamaBackbone` is a Llama; `DINOV2Backbone`, a subclass of the
     refused `FeaturePyramidBackbone`, is judged as itself).
     """
-    backbone = getattr(model, "backbone", model)
-    for cls in type(backbone).__mro__:
+    return _class_refusal(type(getattr(model, "backbone", model)))
+
+
+def _class_refusal(backbone_class):
+    for cls in backbone_class.__mro__:
         if cls.__module__.startswith("keras_hub"):
             return CLASS_REFUSALS.get(cls.__name__)
     return None
@@ -156,7 +161,7 @@ def check_supported(model):
     if reason is not None:
         raise ExpansionError(
             f"{type(model).__name__} '{model.name}' cannot be expanded: {reason}. "
-            f"{supported_summary()[0].upper()}{supported_summary()[1:]}."
+            f"{_supported_sentence()}"
         )
 
 
@@ -168,7 +173,7 @@ def explained(model, error):
     return ExpansionError(
         f"{type(model).__name__} '{model.name}': keras_lemon could not analyse this "
         f"model's graph ({type(error).__name__}: {first_line[:200]}); no exact "
-        f"expansion is known for it. {supported_summary()[0].upper()}{supported_summary()[1:]}."
+        f"expansion is known for it. {_supported_sentence()}"
     )
 
 
@@ -185,3 +190,65 @@ def graph_adapter(model, config_keys=None, sample_inputs=None):
 def is_family_model(model):
     """True for a model with its own keras-hub family adapter (BERT, ViT)."""
     return keras_hub_models.find_family(model) is not None
+
+
+class GraphFamily:
+    """What the preset path needs of a keras-hub backbone on the general path.
+
+    The same interface as `keras_hub_models.KerasHubFamily` (sizes, probe,
+    verify), answered from the traced graph instead of a hand-written
+    adapter. Tasks of these backbones are not expanded yet (`tasks` is empty).
+
+    Args:
+        backbone_class: the keras-hub backbone class.
+    """
+
+    tasks = {}
+
+    def __init__(self, backbone_class):
+        self.backbone_class = backbone_class
+        self.name = f"{backbone_class.__name__} (general path)"
+
+    def sizes(self, backbone):
+        return graph_adapter(backbone).transformer_sizes()
+
+    def probe_inputs(self, model, tokenizer=None, seed=0):
+        return graph_adapter(model).probe_inputs(seed)
+
+    def probe_description(self, tokenizer=None):
+        return ("2 random inputs (seed 0): token ids with the second sequence padded, "
+                "or standard normal pixels")
+
+    def verify(self, source, model, inputs, tolerance=1e-4):
+        """Max |diff| / max |output| of `model` against `source`; raises above `tolerance`.
+
+        The hidden states grow: post-LN as circular copies, pre-LN with the
+        final LayerNorm's zero extras.
+        """
+        adapter = graph_adapter(source)
+        pattern = "circular" if adapter.roles.post_ln else "zero"
+        dim = DimExpansion(adapter.roles.hidden, self.sizes(model).hidden, pattern)
+        return check_lossless(source, model, inputs, tolerance,
+                              f"{type(source).__name__} '{source.name}'", dim.expand)
+
+
+def family_for_class(backbone_class):
+    """The family adapter of a keras-hub backbone class, or its `GraphFamily`.
+
+    Raises:
+        ValueError: for a class refused by `CLASS_REFUSALS`, with its reason.
+    """
+    family = keras_hub_models.family_for_class(backbone_class)
+    if family is not None:
+        return family
+    reason = _class_refusal(backbone_class)
+    if reason is not None:
+        raise ExpansionError(
+            f"{backbone_class.__name__} cannot be expanded: {reason}. "
+            f"{_supported_sentence()}")
+    return GraphFamily(backbone_class)
+
+
+def _supported_sentence():
+    summary = supported_summary()
+    return f"{summary[0].upper()}{summary[1:]}."

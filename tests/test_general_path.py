@@ -96,3 +96,25 @@ def test_keras_io_text_classification_transformer(blocks, request_):
     assert error <= TOLERANCE
     assert all(np.array_equal(a, keras.ops.convert_to_numpy(v))
                for a, v in zip(before, model.weights))
+
+
+def test_expand_preset_general_path_backbone(tmp_path):
+    model = build("DistilBertBackbone")
+    model.save_to_preset(str(tmp_path / "src"))
+    keras_lemon.expand_preset(str(tmp_path / "src"), str(tmp_path / "dst"),
+                              hidden=32, layers=3, seed=0)
+    record = keras_lemon.read_expansion(str(tmp_path / "dst"))
+    assert record["model_class"] == "DistilBertBackbone"
+    assert record["target_sizes"] == dict(layers=3, hidden=32, heads=4, intermediate=64)
+    assert record["lossless_error"] <= 1e-5
+    loaded = keras_hub.models.Backbone.from_preset(str(tmp_path / "dst"))
+    assert type(loaded) is keras_hub.models.DistilBertBackbone and loaded.hidden_dim == 32
+
+
+def test_expand_preset_refused_class_names_reason_and_writes_nothing(tmp_path):
+    randomize(keras_hub.models.GPT2Backbone(**CONFIGS["GPT2Backbone"])).save_to_preset(
+        str(tmp_path / "gpt2"))
+    with pytest.raises(ValueError, match="gpt2': GPT2Backbone cannot be expanded: a decoder LLM"):
+        keras_lemon.expand_preset(str(tmp_path / "gpt2"), str(tmp_path / "dst"), hidden=32)
+    assert not (tmp_path / "dst").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]

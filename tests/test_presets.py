@@ -169,11 +169,13 @@ def test_bad_sources(tmp_path):
     bert_backbone_preset(src)
     with pytest.raises(ValueError, match="is the source preset"):
         keras_lemon.expand_preset(src, src, hidden=32)
-    other = keras_hub.models.DistilBertBackbone(
-        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16)
-    other.save_to_preset(str(tmp_path / "distil"))
-    with pytest.raises(ValueError, match="holds a DistilBertBackbone.*BertBackbone, ViTBackbone"):
-        keras_lemon.expand_preset(str(tmp_path / "distil"), str(tmp_path / "big"))
+    other = keras_hub.models.FNetBackbone(
+        vocabulary_size=50, num_layers=1, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=12)
+    other.save_to_preset(str(tmp_path / "fnet"))
+    with pytest.raises(ValueError, match="FNetBackbone cannot be expanded: FNet mixes features "
+                                         "with an FFT.*Supported: BertBackbone"):
+        keras_lemon.expand_preset(str(tmp_path / "fnet"), str(tmp_path / "big"))
     assert not os.path.exists(tmp_path / "big")
 
 

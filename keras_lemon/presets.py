@@ -53,11 +53,16 @@ class LoadedPreset:
         if "://" not in preset and (os.sep in preset or preset.startswith(".")) \
                 and not os.path.isdir(preset):
             raise ValueError(f"Preset directory '{preset}' does not exist.")
-        loader = preset_utils.get_preset_loader(preset)
+        try:
+            loader = preset_utils.get_preset_loader(preset)
+            backbone_cls = loader.check_backbone_class()
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"Preset '{preset}': {preset_utils.CONFIG_FILE} is not valid JSON ({error})."
+            ) from error
         self.preset = preset
         self.format = "keras" if isinstance(loader, preset_utils.KerasPresetLoader) \
             else type(loader).__name__.replace("PresetLoader", "").lower()
-        backbone_cls = loader.check_backbone_class()
         try:
             self.family = family_for_class(backbone_cls)
         except ValueError as error:
@@ -119,7 +124,13 @@ class LoadedPreset:
 
 
 def _config_class(preset, config_file):
-    return preset_utils.check_config_class(preset_utils.load_json(preset, config_file))
+    try:
+        config = preset_utils.load_json(preset, config_file)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Preset '{preset}': {config_file} is not valid JSON ({error})."
+        ) from error
+    return preset_utils.check_config_class(config)
 
 
 def _local_path(preset):
@@ -140,6 +151,18 @@ def check_destination(src, dst, overwrite):
             f"dst '{dst}' exists and is not empty; pass overwrite=True (CLI: "
             "--overwrite) to replace it."
         )
+    # The preset is staged beside dst: its nearest existing parent must take
+    # a new directory, or the whole expansion would run to fail at the end.
+    parent = os.path.dirname(os.path.abspath(dst))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:  # os.access says yes to root even on /proc: try what staging will do
+        os.rmdir(tempfile.mkdtemp(prefix=".lemon-write-check-", dir=parent))
+    except OSError as error:
+        raise ValueError(
+            f"dst '{dst}' cannot be written: '{parent}' is not a writable directory "
+            f"({error.strerror}); choose a destination you can create."
+        ) from error
 
 
 def read_expansion(preset):

@@ -200,3 +200,26 @@ def test_expand_model_verifies_keras_hub_models(monkeypatch):
     keras_lemon.expand_model(source, hidden=32, seed=0)
     keras_lemon.expand_model(source, hidden=32, seed=0, verify=False)
     assert len(seen) == 1 and seen[0] <= TOLERANCE
+
+
+def test_unwritable_destination_is_refused_before_loading(tmp_path):
+    src = str(tmp_path / "small")
+    bert_backbone_preset(src)
+    with pytest.raises(ValueError, match="cannot be written: '/proc' is not a writable"):
+        keras_lemon.expand_preset(src, "/proc/lemon-out", hidden=32)
+
+
+def test_malformed_task_json_names_the_file(tmp_path):
+    src = tmp_path / "small"
+    bert_backbone_preset(str(src))
+    (src / "task.json").write_text("{'not': json}")
+    with pytest.raises(ValueError, match="small': task.json is not valid JSON"):
+        keras_lemon.expand_preset(str(src), str(tmp_path / "big"), hidden=32)
+
+
+def test_malformed_config_json_names_the_file(tmp_path):
+    src = tmp_path / "small"
+    bert_backbone_preset(str(src))
+    (src / "config.json").write_text('{"module": "keras_hub", ')
+    with pytest.raises(ValueError, match="small': config.json is not valid JSON"):
+        keras_lemon.expand_preset(str(src), str(tmp_path / "big"), hidden=32)

@@ -10,7 +10,7 @@ from keras_lemon.engine import ExpansionSession
 from keras_lemon.plan import ExpansionPlan
 from keras_lemon.sizes import resolve_sizes
 from keras_lemon.sizes import transformer_dims
-from keras_lemon.support import explained
+from keras_lemon.support import explaining
 from keras_lemon.support import graph_adapter
 from keras_lemon.support import is_family_model
 
@@ -96,12 +96,10 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
             model, hidden, layers, heads, intermediate, placement, method,
             config_keys, sample_inputs,
         )
-        try:
+        with explaining(model):
             for job in adapter.jobs(dims, depth):
                 session.expand_layer(job.source, None, _job_path(job), job.dims, job.flags,
                                      rule=job.rule)
-        except (TypeError, AttributeError, KeyError, IndexError) as error:
-            raise explained(model, error) from error
         dims = {k: v for k, v in dims.items() if k != "ffn"}
     return ExpansionPlan(
         model_class=type(model).__name__,
@@ -217,16 +215,15 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
         config_keys, sample_inputs,
     )
     try:
-        jobs = adapter.jobs(dims, depth)
-        new_model, targets = adapter.build_target(dims, target, depth)
-        if adapter.fit_to_targets(targets):
+        with explaining(model):
             jobs = adapter.jobs(dims, depth)
-        session.expect(len(new_model.weights))
-        for job in jobs:
-            session.expand_layer(job.source, adapter.target_layer(targets, job), _job_path(job),
-                                 job.dims, job.flags, rule=job.rule)
-    except (TypeError, AttributeError, KeyError, IndexError) as error:
-        raise explained(model, error) from error
+            new_model, targets = adapter.build_target(dims, target, depth)
+            if adapter.fit_to_targets(targets):
+                jobs = adapter.jobs(dims, depth)
+            session.expect(len(new_model.weights))
+            for job in jobs:
+                session.expand_layer(job.source, adapter.target_layer(targets, job),
+                                     _job_path(job), job.dims, job.flags, rule=job.rule)
     finally:
         deferred.finish()
     session.check_complete(new_model)

@@ -10,6 +10,8 @@ model becomes a `ValueError` naming the class instead of an error from deep
 inside Keras.
 """
 
+import contextlib
+
 from keras_lemon.adapters import keras_hub_models
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
@@ -165,26 +167,37 @@ def check_supported(model):
         )
 
 
-def explained(model, error):
-    """`error` as an `ExpansionError` naming `model`, when it came from deep inside."""
-    if isinstance(error, ExpansionError) or not is_keras_hub_model(model):
-        return error
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return ExpansionError(
-        f"{type(model).__name__} '{model.name}': keras_lemon could not analyse this "
-        f"model's graph ({type(error).__name__}: {first_line[:200]}); no exact "
-        f"expansion is known for it. {_supported_sentence()}"
-    )
+#: What Keras or a model's own code raises from deep inside a trace or rebuild.
+_DEEP_ERRORS = (ValueError, TypeError, AttributeError, NotImplementedError, KeyError,
+                IndexError, ZeroDivisionError)
+
+
+@contextlib.contextmanager
+def explaining(model):
+    """Re-raises errors from deep inside the analysis of a keras-hub model.
+
+    They become an `ExpansionError` that names the class and says what is
+    supported. Our own `ExpansionError`s, and every error for users' own
+    models (whose code the user can read), pass unchanged.
+    """
+    try:
+        yield
+    except _DEEP_ERRORS as error:
+        if isinstance(error, ExpansionError) or not is_keras_hub_model(model):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ExpansionError(
+            f"{type(model).__name__} '{model.name}': keras_lemon could not analyse this "
+            f"model's graph ({type(error).__name__}: {first_line[:200]}); no exact "
+            f"expansion is known for it. {_supported_sentence()}"
+        ) from error
 
 
 def graph_adapter(model, config_keys=None, sample_inputs=None):
     """A `KerasModelAdapter` for `model`, or the `ValueError` that says why not."""
     check_supported(model)
-    try:
+    with explaining(model):
         return KerasModelAdapter(model, config_keys, sample_inputs)
-    except (ValueError, TypeError, AttributeError, NotImplementedError, KeyError,
-            IndexError, ZeroDivisionError) as error:
-        raise explained(model, error) from error
 
 
 def is_family_model(model):

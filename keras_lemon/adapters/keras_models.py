@@ -29,7 +29,6 @@ import keras_hub
 import numpy as np
 
 from keras_lemon import deferred
-
 from keras_lemon.graph.roles import GraphRoles
 from keras_lemon.graph.roles import node_kind
 from keras_lemon.graph.trace import should_inline

@@ -13,6 +13,7 @@ from keras_lemon import rules  # noqa: F401  (registers the built-in rules)
 from keras_lemon import schedules  # noqa: F401
 from keras_lemon.depth import BlockSpec
 from keras_lemon.depth import depth_plan
+from keras_lemon.expand import InexactExpansionWarning
 from keras_lemon.expand import expand_model
 from keras_lemon.expand import expansion_plan
 from keras_lemon.index_maps import DimExpansion

@@ -1,5 +1,7 @@
 """`expand_model` and `expansion_plan`: the public entry points."""
 
+import warnings
+
 import numpy as np
 
 from keras_lemon import deferred
@@ -24,7 +26,7 @@ def _check_options(method, placement):
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
 
 
-def _prepare(model, hidden, layers, heads, intermediate, placement, method):
+def _prepare(model, hidden, layers, heads, intermediate, placement, method, exact=True):
     _check_options(method, placement)
     family = keras_hub_models.find_family(model)
     backbone = getattr(model, "backbone", model)
@@ -32,24 +34,25 @@ def _prepare(model, hidden, layers, heads, intermediate, placement, method):
     target = resolve_sizes(
         source, hidden=hidden, layers=layers, heads=heads,
         intermediate=intermediate, post_ln=family.post_ln,
-        model_name=f"{type(model).__name__} '{model.name}' ({family.name})",
+        model_name=f"{type(model).__name__} '{model.name}' ({family.name})", exact=exact,
     )
-    dims = transformer_dims(source, target, family.stream_pattern)
+    dims = transformer_dims(source, target, family.stream_pattern, exact)
     depth = depth_plan(source.layers, target.layers, placement)
     return family, source, target, dims, depth
 
 
 def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method,
-                   config_keys, sample_inputs):
+                   config_keys, sample_inputs, exact=True):
     """Traces a functional or subclassed model and resolves the target sizes."""
     _check_options(method, placement)
     adapter = graph_adapter(model, config_keys, sample_inputs)
+    adapter.exact = exact
     adapter.check_request(layers, intermediate)
     source = adapter.transformer_sizes()
     target = resolve_sizes(
         source, hidden=hidden, layers=layers, heads=heads,
         intermediate=intermediate, post_ln=adapter.roles.post_ln,
-        model_name=adapter.name, tied_heads=adapter.source_sizes["tied_heads"],
+        model_name=adapter.name, tied_heads=adapter.source_sizes["tied_heads"], exact=exact,
     )
     dims = adapter.dims(target)
     depth = depth_plan(len(adapter.roles.blocks), target.layers, placement) \
@@ -64,7 +67,7 @@ def _job_path(job):
 
 def expansion_plan(model, *, hidden=None, layers=None, heads=None,
                    intermediate=None, placement="interleave", method="lemon",
-                   config_keys=None, sample_inputs=None):
+                   config_keys=None, sample_inputs=None, exact=True):
     """What `expand_model` would do, without building the target model.
 
     Runs every layer rule on the source weights and records, for each target
@@ -88,13 +91,13 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
     session = ExpansionSession(method, seed=0, planning=True)
     if is_family_model(model):
         family, source, target, dims, depth = _prepare(
-            model, hidden, layers, heads, intermediate, placement, method
+            model, hidden, layers, heads, intermediate, placement, method, exact
         )
         family.expand(session, model, None, dims, depth)
     else:
         adapter, source, target, dims, depth = _prepare_graph(
             model, hidden, layers, heads, intermediate, placement, method,
-            config_keys, sample_inputs,
+            config_keys, sample_inputs, exact,
         )
         with explaining(model):
             for job in adapter.jobs(dims, depth):
@@ -115,7 +118,7 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
 def expand_model(model, *, hidden=None, layers=None, heads=None,
                  intermediate=None, placement="interleave", method="lemon",
                  seed=None, config_keys=None, sample_inputs=None, verify=True,
-                 progress=None):
+                 progress=None, exact=True):
     """Grows a transformer in width and depth without changing its outputs.
 
     Builds a new model of the same class from the source's config at the
@@ -174,6 +177,16 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
         progress: optional callable `progress(done, total, path)`, called
             after each target variable is written (e.g. to draw a progress
             bar for a large model).
+        exact: True (default) refuses what cannot be exact. False allows a
+            post-LN width that is not a multiple (BERT-base 768 -> 1024, the
+            bert2BERT setting): the stream is copied circularly and its
+            LayerNorms tiled, so the partial copies shift each LayerNorm's
+            mean and variance; a tied output embedding is divided by the
+            mean number of copies. The result is the best approximation
+            these rules give, *not* lossless: with `verify` its error on the
+            probe batch is measured and reported as an
+            `InexactExpansionWarning` (its `.error` attribute), never raised.
+            Requests that are exact anyway are checked as usual.
 
     Returns:
         A new `keras.Model` of the same class as `model`.
@@ -202,17 +215,20 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     session = ExpansionSession(method, seed, progress=progress)
     if is_family_model(model):
         family, source, target, dims, depth = _prepare(
-            model, hidden, layers, heads, intermediate, placement, method
+            model, hidden, layers, heads, intermediate, placement, method, exact
         )
         new_model = family.build_and_expand(session, model, target, dims, depth)
         session.check_complete(new_model)
         if verify:
             probe = family.probe_inputs(model) if sample_inputs is None else sample_inputs
-            family.verify(model, new_model, probe)
+            if is_inexact(dims):
+                _report_inexact(model, family.verify(model, new_model, probe, np.inf))
+            else:
+                family.verify(model, new_model, probe)
         return new_model
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
-        config_keys, sample_inputs,
+        config_keys, sample_inputs, exact,
     )
     try:
         with explaining(model):
@@ -228,5 +244,29 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
         deferred.finish()
     session.check_complete(new_model)
     if verify:
-        adapter.verify(new_model)
+        if is_inexact(dims):
+            _report_inexact(model, adapter.verify(new_model, tolerance=np.inf))
+        else:
+            adapter.verify(new_model)
     return new_model
+
+
+class InexactExpansionWarning(UserWarning):
+    """`expand_model(exact=False)` built an approximation; `.error` is its measured error."""
+
+    def __init__(self, message, error):
+        super().__init__(message)
+        self.error = error
+
+
+def is_inexact(dims):
+    """True when the stream was expanded inexactly (`exact=False`, partial copies)."""
+    stream = dims["stream"]
+    return not stream.exact and stream.pattern == "circular" and bool(stream.extras)
+
+
+def _report_inexact(model, error):
+    warnings.warn(InexactExpansionWarning(
+        f"{type(model).__name__} '{model.name}' was expanded with exact=False: NOT "
+        f"lossless; on the probe batch max |diff| / max |output| = {error:.3g} "
+        "(post-LN LayerNorms see partial copies of the stream).", error), stacklevel=3)

@@ -57,6 +57,11 @@ class DimExpansion:
         target: int. Size `D >= d` in the expanded model.
         pattern: str. How the `r = D mod d` extra units are filled:
             `"circular"`, `"average"` or `"zero"` (see the module docstring).
+        exact: bool. False marks a post-LN stream whose width is not a
+            multiple (`expand_model(exact=False)`): its LayerNorms see
+            partial copies, which change mean and variance, and are
+            expanded by plain tiling anyway (the best approximation, never
+            called lossless).
 
     Example:
 
@@ -70,6 +75,7 @@ class DimExpansion:
     source: int
     target: int
     pattern: str = "circular"
+    exact: bool = True
 
     def __post_init__(self):
         if self.pattern not in PATTERNS:
@@ -124,7 +130,7 @@ class DimExpansion:
     def describe(self):
         if self.is_identity:
             return f"{self.source}"
-        return f"{self.source}->{self.target} {self.pattern}"
+        return f"{self.source}->{self.target} {self.pattern}" + ("" if self.exact else " (inexact)")
 
     # --- the three linear maps ----------------------------------------------
 

@@ -20,6 +20,7 @@ import numpy as np
 from keras_hub.src.utils import preset_utils
 
 from keras_lemon.expand import expand_model
+from keras_lemon.options import expansion_options
 from keras_lemon.support import family_for_class
 from keras_lemon.version import __version__
 
@@ -194,7 +195,7 @@ def _write_record(directory, record):
 def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
                   intermediate=None, placement="interleave", method="lemon",
                   seed=None, overwrite=False, verify=True, tolerance=1e-4,
-                  progress=None):
+                  progress=None, exact=True):
     """Expands a keras-hub preset into a larger preset, losslessly.
 
     Loads the preset (its task with head and preprocessor when it has one,
@@ -222,6 +223,11 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         tolerance: float, the largest accepted max |diff| / max |output|.
         progress: optional `progress(done, total, path)` callable, see
             `expand_model`.
+        exact: as `expand_model`. With False a post-LN width that is not a
+            multiple is written as the best approximation: its error is
+            measured on the reloaded preset and recorded as
+            `approximation_error` (with `"exact": false` and no
+            `lossless_error`), never checked against `tolerance`.
 
     Returns:
         The expanded model (task or backbone, in memory).
@@ -255,6 +261,7 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         LoadedPreset(src), dst, hidden=hidden, layers=layers, heads=heads,
         intermediate=intermediate, placement=placement, method=method, seed=seed,
         overwrite=overwrite, verify=verify, tolerance=tolerance, progress=progress,
+        exact=exact,
     )
     return model
 
@@ -262,7 +269,7 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
 def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
                           intermediate=None, placement="interleave", method="lemon",
                           seed=None, overwrite=False, verify=True, tolerance=1e-4,
-                          progress=None):
+                          progress=None, exact=True):
     """`expand_preset` on an already loaded `LoadedPreset` (the CLI plans first).
 
     Returns:
@@ -276,7 +283,12 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
     probe = family.probe_inputs(source, loaded.tokenizer)
     model = expand_model(source, hidden=hidden, layers=layers, heads=heads,
                          intermediate=intermediate, placement=placement,
-                         method=method, seed=seed, verify=False, progress=progress)
+                         method=method, seed=seed, verify=False, progress=progress,
+                         exact=exact)
+    source_sizes = family.sizes(getattr(source, "backbone", source))
+    target_sizes = family.sizes(getattr(model, "backbone", model))
+    inexact = not exact and target_sizes.hidden % source_sizes.hidden != 0 \
+        and expansion_options(source).post_ln
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.lemon-", dir=parent)
@@ -288,19 +300,21 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
         error = None
         if verify:
             reloaded = type(model).from_preset(staging)
-            error = family.verify(source, reloaded, probe, tolerance)
+            error = family.verify(source, reloaded, probe, np.inf if inexact else tolerance)
             del reloaded
         record = {
             "keras_lemon_version": __version__,
             "source": _local_path(loaded.preset) or loaded.preset,
             "source_format": loaded.format,
             "model_class": type(model).__name__,
-            "source_sizes": family.sizes(getattr(source, "backbone", source)).as_dict(),
-            "target_sizes": family.sizes(getattr(model, "backbone", model)).as_dict(),
+            "source_sizes": source_sizes.as_dict(),
+            "target_sizes": target_sizes.as_dict(),
+            "exact": not inexact,
             "method": method,
             "placement": placement,
             "seed": seed,
-            "lossless_error": error,
+            "lossless_error": None if inexact else error,
+            "approximation_error": error if inexact else None,
             "tolerance": tolerance,
             "probe": family.probe_description(loaded.tokenizer),
             "backend": keras.backend.backend(),

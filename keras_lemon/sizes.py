@@ -24,7 +24,7 @@ class TransformerSizes:
 
 def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
                   intermediate=None, post_ln=False, model_name="model",
-                  tied_heads=True):
+                  tied_heads=True, exact=True):
     """Fills in defaults and checks a requested expansion.
 
     Defaults: `layers` and `hidden` unchanged; `heads` grows with `hidden` so
@@ -33,7 +33,8 @@ def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
     Args:
         source: `TransformerSizes` of the source model.
         hidden, layers, heads, intermediate: requested target sizes or None.
-        post_ln: True for post-LN models, whose width must be a multiple.
+        post_ln: True for post-LN models, whose width must be a multiple
+            (unless `exact=False`).
         model_name: used in error messages.
         tied_heads: True when `heads * head_dim == hidden` (keras-hub, most
             models): heads then grow with `hidden`. False for attention
@@ -60,11 +61,12 @@ def resolve_sizes(source, *, hidden=None, layers=None, heads=None,
                 f"{model_name}: {name}={asked} would shrink the model ({name} is "
                 f"{have}); LEMON only grows: choose {name} >= {have}."
             )
-    if post_ln and hidden % source.hidden:
+    if post_ln and hidden % source.hidden and exact:
         raise ValueError(
             f"{model_name} is post-LN: hidden must be a multiple of "
             f"{source.hidden} for an exact LayerNorm expansion, got {hidden}; "
-            f"possible: {', '.join(str(source.hidden * m) for m in (2, 3, 4))}, ..."
+            f"possible: {', '.join(str(source.hidden * m) for m in (2, 3, 4))}, ... "
+            "(or pass exact=False for the best approximation, with its error measured)"
         )
     if not tied_heads:
         heads = source.heads if heads is None else heads
@@ -105,14 +107,15 @@ def valid_heads(source, hidden):
             if hidden % n == 0 and hidden // n >= source.head_dim]
 
 
-def transformer_dims(source, target, stream_pattern):
+def transformer_dims(source, target, stream_pattern, exact=True):
     """Roles of a transformer's dimensions (`DimExpansion` each).
 
     `stream` uses `stream_pattern` ("average" for pre-LN, "circular" for
-    post-LN); heads, head sizes and the FFN width are circular.
+    post-LN; `exact=False` marks a post-LN stream that may be inexact);
+    heads, head sizes and the FFN width are circular.
     """
     return {
-        "stream": DimExpansion(source.hidden, target.hidden, stream_pattern),
+        "stream": DimExpansion(source.hidden, target.hidden, stream_pattern, exact),
         "heads": DimExpansion(source.heads, target.heads, "circular"),
         "key_dim": DimExpansion(source.head_dim, target.head_dim, "circular"),
         "value_dim": DimExpansion(source.head_dim, target.head_dim, "circular"),

@@ -12,6 +12,8 @@ inside Keras.
 
 import contextlib
 
+import keras_hub
+
 from keras_lemon.adapters import keras_hub_models
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
@@ -210,17 +212,18 @@ class GraphFamily:
 
     The same interface as `keras_hub_models.KerasHubFamily` (sizes, probe,
     verify), answered from the traced graph instead of a hand-written
-    adapter. Tasks of these backbones are not expanded yet (`tasks` is empty).
+    adapter. `tasks` holds keras-hub's task classes for the backbone (those
+    the census does not list as expanding raise their reason when expanded).
 
     Args:
         backbone_class: the keras-hub backbone class.
     """
 
-    tasks = {}
-
     def __init__(self, backbone_class):
         self.backbone_class = backbone_class
         self.name = f"{backbone_class.__name__} (general path)"
+        self.tasks = {cls: None for cls in _subclasses(keras_hub.models.Task)
+                      if getattr(cls, "backbone_cls", None) is backbone_class}
 
     def sizes(self, backbone):
         return graph_adapter(backbone).transformer_sizes()
@@ -239,10 +242,19 @@ class GraphFamily:
         final LayerNorm's zero extras.
         """
         adapter = graph_adapter(source)
+        name = f"{type(source).__name__} '{source.name}'"
+        if isinstance(source, keras_hub.models.Task):  # logits keep their size
+            return check_lossless(source, model, inputs, tolerance, name)
         pattern = "circular" if adapter.roles.post_ln else "zero"
         dim = DimExpansion(adapter.roles.hidden, self.sizes(model).hidden, pattern)
-        return check_lossless(source, model, inputs, tolerance,
-                              f"{type(source).__name__} '{source.name}'", dim.expand)
+        return check_lossless(source, model, inputs, tolerance, name, dim.expand)
+
+
+def _subclasses(cls):
+    found = []
+    for sub in cls.__subclasses__():
+        found.extend([sub, *_subclasses(sub)])
+    return found
 
 
 def family_for_class(backbone_class):

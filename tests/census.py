@@ -54,6 +54,8 @@ def random_inputs(model, seed=0):
         shape = tuple(2 if i == 0 else (LENGTH if s is None else s)
                       for i, s in enumerate(tensor.shape))
         name = tensor.name or ""
+        if name == "mask_positions":
+            return rng.integers(0, LENGTH, shape).astype("int32")  # token positions
         if "mask" in name:
             mask = np.ones(shape, "int32")
             mask[1, shape[1] - 3:] = 0
@@ -67,8 +69,8 @@ def random_inputs(model, seed=0):
     return keras.tree.map_structure(one, model._inputs_struct)
 
 
-def check_request(model, request):
-    """`("yes", error)` when lossless at TOLERANCE, `("no", reason)` on a ValueError.
+def check_request(model, request, tolerance=TOLERANCE):
+    """`("yes", error)` when lossless at `tolerance`, `("no", reason)` on a ValueError.
 
     Raises AssertionError for anything else (another exception, an inexact
     result, a changed source).
@@ -76,7 +78,7 @@ def check_request(model, request):
     before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
     inputs = random_inputs(model)
     try:
-        big = keras_lemon.expand_model(model, seed=0, **request)
+        big = keras_lemon.expand_model(model, **{"seed": 0, **request})
     except ValueError as error:
         message = str(error)
         assert type(model).__name__ in message or model.name in message, message
@@ -100,47 +102,79 @@ def check_request(model, request):
             # the final LayerNorm's zero extras.
             a = dim.expand(a)
         error = max(error, relative_error(a, b))
-    assert error <= TOLERANCE, f"{type(model).__name__} {request}: not lossless, {error:.3g}"
+    assert error <= tolerance, f"{type(model).__name__} {request}: not lossless, {error:.3g}"
     return "yes", error
 
 
+def task_classes(backbone_name):
+    """The keras-hub task classes built on a backbone class (aliases once)."""
+    backbone = getattr(keras_hub.models, backbone_name)
+    found = {id(v): v for v in vars(keras_hub.models).values()
+             if inspect.isclass(v) and issubclass(v, keras_hub.models.Task)
+             and getattr(v, "backbone_cls", None) is backbone}
+    return sorted(found.values(), key=lambda c: c.__name__)
+
+
+def _task(task_class, backbone):
+    needs_classes = "num_classes" in inspect.signature(task_class.__init__).parameters
+    task = task_class(backbone, **({"num_classes": 3} if needs_classes else {}))
+    return randomize(task, 1)
+
+
 def census_row(name):
-    """`(class, width, depth, reason)` for one backbone class."""
+    """`(class, width, depth, tasks, reason)` for one backbone class.
+
+    `tasks` lists the task classes that expand losslessly in width and depth;
+    a refused task's reason joins `reason`.
+    """
     if name not in CONFIGS:
-        return name, "no", "no", CLASS_REFUSALS[name]
+        return name, "no", "no", "", CLASS_REFUSALS[name]
     model = randomize(getattr(keras_hub.models, name)(**CONFIGS[name]))
     width, width_info = check_request(model, WIDTH)
     depth, depth_info = check_request(model, DEPTH)
     if name in CLASS_REFUSALS:
         for status, info in ((width, width_info), (depth, depth_info)):
             assert status == "no" and CLASS_REFUSALS[name] in info, (name, info)
-        return name, "no", "no", CLASS_REFUSALS[name]
+        return name, "no", "no", "", CLASS_REFUSALS[name]
     reasons = [_short(info) for status, info in ((width, width_info), (depth, depth_info))
                if status == "no"]
-    return name, width, depth, "; ".join(dict.fromkeys(reasons)) or ""
+    tasks = []
+    for task_class in task_classes(name) if "yes" in (width, depth) else []:
+        results = [check_request(_task(task_class, getattr(keras_hub.models, name)(
+            **CONFIGS[name])), request) for request in (WIDTH, DEPTH)
+            if (width if request is WIDTH else depth) == "yes"]
+        refused = [info for status, info in results if status == "no"]
+        if refused:
+            reasons.append(f"{task_class.__name__}: {_short(refused[0])}")
+        else:
+            tasks.append(task_class.__name__)
+    return name, width, depth, ", ".join(tasks), "; ".join(dict.fromkeys(reasons))
 
 
 def _short(message):
     """The reason in a refusal message, without the model's name."""
     message = re.sub(r"^\S+ '[^']*'(: | cannot be expanded: )", "", message)
-    return message.split(". Supported:")[0].rstrip(".")
+    message = re.sub(r"'(\w+?)_\d+'", r"'\1'", message)  # Keras' name counters vary
+    return message.split(". Supported:")[0].split(" To fix:")[0].rstrip(".")
 
 
 def table(rows):
-    lines = ["| backbone | width | depth | why not |", "|---|---|---|---|"]
-    lines += [f"| `{name}` | {width} | {depth} | {reason} |" for name, width, depth, reason in rows]
+    lines = ["| backbone | width | depth | tasks (width and depth) | why not |",
+             "|---|---|---|---|---|"]
+    lines += [f"| `{name}` | {width} | {depth} | {tasks} | {reason} |"
+              for name, width, depth, tasks, reason in rows]
     return "\n".join(lines)
 
 
 def readme_rows():
-    """`{class: (width, depth)}` as the README's census table states them."""
+    """`{class: (width, depth, tasks)}` as the README's census table states them."""
     text = README.read_text()
     section = text[text.index(START):text.index(END)]
     rows = {}
     for line in section.splitlines():
-        match = re.match(r"\| `(\w+)` \| (yes|no) \| (yes|no) \|", line)
+        match = re.match(r"\| `(\w+)` \| (yes|no) \| (yes|no) \| ([^|]*) \|", line)
         if match:
-            rows[match.group(1)] = (match.group(2), match.group(3))
+            rows[match.group(1)] = (match.group(2), match.group(3), match.group(4).strip())
     return rows
 
 

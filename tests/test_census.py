@@ -28,7 +28,8 @@ def test_readme_lists_every_class():
 
 @pytest.mark.parametrize("name", [n for n in backbone_classes() if n in CONFIGS])
 def test_census(name):
-    _, width, depth, reason = census_row(name)
-    assert readme_rows()[name] == (width, depth), (
-        f"{name}: measured width {width}, depth {depth} ({reason}); the README says "
-        f"{readme_rows()[name]}: regenerate it with `python tests/census.py --write-readme`")
+    _, width, depth, tasks, reason = census_row(name)
+    assert readme_rows()[name] == (width, depth, tasks), (
+        f"{name}: measured width {width}, depth {depth}, tasks [{tasks}] ({reason}); the "
+        f"README says {readme_rows()[name]}: regenerate it with "
+        "`python tests/census.py --write-readme`")

@@ -118,3 +118,39 @@ def test_expand_preset_refused_class_names_reason_and_writes_nothing(tmp_path):
         keras_lemon.expand_preset(str(tmp_path / "gpt2"), str(tmp_path / "dst"), hidden=32)
     assert not (tmp_path / "dst").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
+
+
+TASKS = [("RobertaBackbone", "RobertaMaskedLM"), ("DistilBertBackbone", "DistilBertTextClassifier"),
+         ("XLMRobertaBackbone", "XLMRobertaTextClassifier")]
+
+
+@pytest.mark.parametrize("backbone,task", TASKS)
+def test_tasks_width_and_depth(backbone, task):
+    task_class = getattr(keras_hub.models, task)
+    kwargs = {"num_classes": 3} if "Classifier" in task else {}
+    model = randomize(task_class(build(backbone), **kwargs), 1)
+    status, error = check_request(model, dict(hidden=48, layers=5, placement="stack"))
+    assert status == "yes", error
+    big = keras_lemon.expand_model(model, hidden=32, seed=0)
+    assert type(big) is task_class and big.backbone.hidden_dim == 32
+
+
+def test_tied_masked_lm_head_is_scaled_not_untied():
+    model = randomize(keras_hub.models.RobertaMaskedLM(build("RobertaBackbone")), 1)
+    big = keras_lemon.expand_model(model, hidden=48, seed=0)
+    head = big.get_layer("mlm_head")
+    assert head.token_embedding is big.backbone.token_embedding  # still tied
+    gamma = keras.ops.convert_to_numpy(head._intermediate_layer_norm.gamma)
+    source = keras.ops.convert_to_numpy(model.get_layer("mlm_head")._intermediate_layer_norm.gamma)
+    np.testing.assert_allclose(gamma, np.tile(source, 3) / 3, rtol=1e-6)
+
+
+def test_expand_preset_of_a_general_path_task(tmp_path):
+    model = randomize(keras_hub.models.RobertaMaskedLM(build("RobertaBackbone")), 1)
+    model.save_to_preset(str(tmp_path / "src"))
+    keras_lemon.expand_preset(str(tmp_path / "src"), str(tmp_path / "dst"), hidden=32,
+                              layers=3, seed=0)
+    record = keras_lemon.read_expansion(str(tmp_path / "dst"))
+    assert record["model_class"] == "RobertaMaskedLM" and record["lossless_error"] <= 1e-5
+    loaded = keras_hub.models.RobertaMaskedLM.from_preset(str(tmp_path / "dst"))
+    assert loaded.backbone.hidden_dim == 32 and loaded.backbone.num_layers == 3

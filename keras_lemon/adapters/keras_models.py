@@ -36,6 +36,7 @@ from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
 from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.core_layers import norm_variance_ratio
 from keras_lemon.rules.registry import get_rule
 from keras_lemon.sizes import TransformerSizes
 
@@ -120,6 +121,8 @@ class KerasModelAdapter:
         self.graph = trace_model(model, self._input_specs())
         self.roles = GraphRoles(self.graph, self.name)
         self.source_sizes = self._source_sizes()
+        # False for `expand_model(exact=False)` (see `DimExpansion.exact`).
+        self.exact = True
         # Sizes the rebuilt model chose itself (see `fit_to_targets`).
         self._grown_classes = {}
         self._attention_dims = {}
@@ -197,7 +200,7 @@ class KerasModelAdapter:
         """Roles (`DimExpansion`s) for target `TransformerSizes`."""
         s = self.source_sizes
         stream = DimExpansion(s["hidden"], target.hidden,
-                              "circular" if self.roles.post_ln else "average")
+                              "circular" if self.roles.post_ln else "average", self.exact)
         if s["tied_heads"]:
             key_dim = value_dim = target.hidden // target.heads
             if s["value_dim"] != s["key_dim"]:
@@ -280,10 +283,12 @@ class KerasModelAdapter:
             for layer in block.leaves():
                 in_block[id(layer)] = b
         jobs = []
+        scales = self._tied_output_scales(dim_of)
         for node in roles.leaf_nodes:
             layer = node.operation
             if layer.weights and id(layer) not in in_block and not _seen(jobs, layer):
-                jobs.append(Job(None, layer, layer, leaf_dims[id(layer)], {}))
+                flags = {"output_scale": scales[id(layer)]} if id(layer) in scales else {}
+                jobs.append(Job(None, layer, layer, leaf_dims[id(layer)], flags))
         for t, spec in enumerate(specs):
             block = roles.blocks[spec.template]
             last_norm = block.units[-1].norm
@@ -307,6 +312,37 @@ class KerasModelAdapter:
         jobs.extend(self._own_variable_jobs(dims, dim_of, specs))
         jobs.extend(self._copy_jobs(dim_of))
         return jobs
+
+    def _tied_output_scales(self, dim_of):
+        """`{LayerNorm id: 1/k}` for the LayerNorms that feed tied output embeddings.
+
+        A tied `ReversibleEmbedding(x, reverse=True)` computes `h' . E'`; with
+        `k` copies of every unit in both (the pattern of a LayerNorm's output:
+        circular, or zero extras) that is `k` times `h . E`. The LayerNorm that
+        writes `h` divides its gamma and beta by `k` (LEMON does this for BERT).
+        """
+        scales = {}
+        for node in self.roles.leaf_nodes:
+            layer = node.operation
+            if not (isinstance(layer, keras.layers.ReversibleEmbedding) and layer.tie_weights
+                    and node.argument(1, "reverse")):
+                continue
+            dim = dim_of(node.inputs[0])
+            if dim.is_identity:
+                continue
+            writer = self.roles._writer(node.inputs[0])
+            readers = self.roles.consumers.get(writer.outputs[0], []) if writer else []
+            if writer is None or node_kind(writer) != "normalization" or len(readers) != 1:
+                raise ExpansionError(
+                    f"{self.name}: the tied output embedding '{layer.name}' reads an "
+                    f"activation expanded {dim.describe()} that is not the output of a "
+                    "LayerNormalization read by it alone, so the factor of its copies "
+                    "cannot be folded into a norm; untie the output embedding."
+                )
+            # Inexact partial copies (exact=False): the mean number of copies.
+            scales[id(writer.operation)] = 1.0 / dim.copies if not dim.extras \
+                else dim.source / dim.target
+        return scales
 
     def fit_to_targets(self, targets):
         """Adopts the sizes that the rebuilt layers chose from their configs.
@@ -453,8 +489,12 @@ class KerasModelAdapter:
 
     def _build_subclassed(self, dims, target, specs):
         model = self.model
-        config = self.resized_config(model, dims, target, is_model=True)
-        if config == model.get_config() and target.hidden != self.source_sizes["hidden"]:
+        # A keras-hub task holds its sizes in its backbone's config: the
+        # backbone is rebuilt at the new size and the task around it.
+        task = isinstance(model, keras_hub.models.Task)
+        owner = model.backbone if task else model
+        config = self.resized_config(owner, dims, target, is_model=True)
+        if config == owner.get_config() and target.hidden != self.source_sizes["hidden"]:
             raise ValueError(
                 f"{self.name}: its get_config() has no size key with the hidden "
                 f"size {self.source_sizes['hidden']} (known names: "
@@ -464,9 +504,17 @@ class KerasModelAdapter:
         try:
             if self.functional:  # builds itself: skip the random init
                 with deferred.deferred_initialization():
-                    new_model = type(model).from_config(config)
+                    new_owner = type(owner).from_config(config)
             else:
-                new_model = type(model).from_config(config)
+                new_owner = type(owner).from_config(config)
+            new_model = new_owner
+            if task:
+                # The task's constructor calls and compiles its backbone, which
+                # needs initialized variables (the rules overwrite them).
+                deferred.finish()
+                task_config = model.get_config()
+                task_config.update(backbone=new_owner, preprocessor=model.preprocessor)
+                new_model = type(model).from_config(task_config)
         except Exception as error:
             deferred.finish()
             raise ValueError(
@@ -476,16 +524,16 @@ class KerasModelAdapter:
         if not new_model.built:
             new_model(self.probe_inputs(), training=False)
         targets = {}
-        block_list = self._block_list(new_model, specs)
+        block_list = self._block_list(owner, new_owner, specs)
         _pair(model, new_model, None, targets, block_list, specs)
         return new_model, targets
 
-    def _block_list(self, new_model, specs):
-        """The attribute holding the list of blocks, when the depth changes."""
+    def _block_list(self, owner, new_model, specs):
+        """`(id(owner), attribute)` of the list of blocks, when the depth changes."""
         blocks = self.roles.blocks
         if len(specs) == len(blocks) and all(not s.is_new for s in specs):
             return None
-        for name, child in _children(self.model):
+        for name, child in _children(owner):
             if not isinstance(child, (list, tuple)) or len(child) != len(blocks):
                 continue
             if all(set(id(x) for x in block.leaves())
@@ -498,7 +546,7 @@ class KerasModelAdapter:
                         f"'{name}' list has {len(grown)} blocks; is the layers "
                         "config key named as in SIZE_KEYS['layers'] (or config_keys)?"
                     )
-                return name
+                return id(owner), name
         raise ExpansionError(
             f"{self.name}: its blocks are not the elements of one list attribute "
             "of the model, so new blocks cannot be inserted; keep layers unchanged."
@@ -780,7 +828,7 @@ def resize_leaf_config(layer, dims):
     elif isinstance(layer, keras.layers.Embedding):
         config["output_dim"] = out.target
     elif isinstance(layer, keras.layers.LayerNormalization):
-        config["epsilon"] = layer.epsilon * dims["input"].variance_ratio
+        config["epsilon"] = layer.epsilon * norm_variance_ratio(dims["input"])
     elif isinstance(layer, keras.layers.MultiHeadAttention):
         config["num_heads"] = dims["heads"].target
         config["key_dim"] = dims["key_dim"].target
@@ -853,28 +901,35 @@ def _layers_in(value):
 
 
 def _pair(source, target, t, targets, block_list, specs):
-    """Maps each source sublayer to its target counterpart, by attribute path."""
+    """Maps each source sublayer to its target counterpart, by attribute path.
+
+    `block_list`: `(id of the layer, attribute)` of the list of blocks when
+    the depth changes (the model's own, or its backbone's in a task): target
+    block `i` is paired with the source block it copies.
+    """
     targets[(t, id(source))] = target
     if not should_inline(source):
         return
     if isinstance(source, keras.Sequential):
         # A Sequential keeps its layers in a list Keras owns, in order.
-        _pair_value(list(source.layers), list(target.layers), t, targets, specs,
+        _pair_value(list(source.layers), list(target.layers), t, targets, block_list, specs,
                     where=f"{source.name}.layers")
         return
     for name, child in _children(source):
         other = getattr(target, name, None)
-        if name == block_list:
+        if block_list == (id(source), name):
             for index, target_child in enumerate(other):
-                _pair_value(child[specs[index].template], target_child, index, targets, specs)
+                _pair_value(child[specs[index].template], target_child, index, targets,
+                            block_list, specs)
         else:
-            _pair_value(child, other, t, targets, specs, where=f"{source.name}.{name}")
+            _pair_value(child, other, t, targets, block_list, specs,
+                        where=f"{source.name}.{name}")
 
 
-def _pair_value(source, target, t, targets, specs, where=""):
+def _pair_value(source, target, t, targets, block_list, specs, where=""):
     if isinstance(source, keras.layers.Layer):
         if target is not None:
-            _pair(source, target, t, targets, None, specs)
+            _pair(source, target, t, targets, block_list, specs)
         return
     target = list(target or [])
     if len(target) != len(source):
@@ -883,7 +938,7 @@ def _pair_value(source, target, t, targets, specs, where=""):
             f"{len(target)} in the rebuilt model."
         )
     for a, b in zip(source, target):
-        _pair_value(a, b, t, targets, specs, where)
+        _pair_value(a, b, t, targets, block_list, specs, where)
 
 
 def _is_custom(layer):

@@ -78,13 +78,17 @@ _OPS_LINEAR = {
     "ExpandDims", "Squeeze", "Repeat", "Tile", "BroadcastTo", "Copy",
     "StopGradient", "Mean", "Sum", "Average", "Concatenate", "Stack",
     "Divide", "TrueDivide", "Multiply", "Reshape", "Transpose", "Slice",
+    "Take", "TakeAlongAxis",
 }
 _OPS_ZERO = {"Relu", "Relu6", "Gelu", "Silu", "Tanh", "LeakyRelu", "Elu",
              "Selu", "Max", "Min", "Abs", "Absolute", "Square", "Sin", "Sign"}
 _OPS_ANY = {"Sigmoid", "Exp", "Softplus", "Softsign", "HardSigmoid", "Maximum",
             "Minimum", "Sqrt", "Power", "Clip", "Log1p", "Expm1", "Cos",
             "Reciprocal"}
-_OPS_AXIS = {"Mean", "Sum", "Max", "Min", "Concatenate", "Stack", "Repeat"}
+_OPS_AXIS = {"Mean", "Sum", "Max", "Min", "Concatenate", "Stack", "Repeat", "Take",
+             "TakeAlongAxis"}
+# With axis=None these reduce or gather over the flattened tensor, features included.
+_OPS_FLATTEN_WITHOUT_AXIS = ("Mean", "Sum", "Max", "Min", "Take", "TakeAlongAxis")
 
 
 def feature_behavior(op):
@@ -134,7 +138,7 @@ def touches_feature_axis(behavior, node, shapes):
         axis = getattr(op, behavior.axis_attribute, None)
         axes = axis if isinstance(axis, (tuple, list)) else [axis]
         if any(a is not None and a % rank == rank - 1 for a in axes) or axis is None \
-                and type(op).__name__ in ("Mean", "Sum", "Max", "Min"):
+                and type(op).__name__ in _OPS_FLATTEN_WITHOUT_AXIS:
             return True
     if type(op).__name__ == "GetItem" and len(node.args) > 1:
         return _key_touches_last_axis(node.args[1], rank)

@@ -417,7 +417,8 @@ class GraphRoles:
                 size = self.size(key)
                 result = DimExpansion(size, intermediate[size], "circular")
             elif c in grown:
-                result = DimExpansion(self.size(key), grown[c], "circular")
+                # Circular like a post-LN stream, and as inexact as it.
+                result = DimExpansion(self.size(key), grown[c], "circular", stream.exact)
             else:
                 # A feature axis of unknown size (a mask's sequence axis) is
                 # not a width: it never grows.

@@ -28,13 +28,24 @@ def normalized_dim(stream):
     An `average`-expanded input normalizes to `zero` extras (pre-LN); a
     `circular` input with no partial copy (D a multiple of d) stays circular.
     A partial circular copy changes the mean and variance: no exact LayerNorm.
-    Returns None in that case.
+    Returns None in that case, unless the stream is marked inexact
+    (`exact=False`): then the output is taken as circular too (the
+    approximation).
     """
     if stream.is_identity or stream.pattern == "average":
         return DimExpansion(stream.source, stream.target, "zero") if stream.extras else stream
-    if stream.pattern == "circular" and stream.extras == 0:
+    if stream.pattern == "circular" and (stream.extras == 0 or not stream.exact):
         return stream
     return None
+
+
+def norm_variance_ratio(inp):
+    """`eta^2` of a LayerNorm reading `inp`: `k d / D` for an average stream, else 1.
+
+    A circular input (whole copies, or the inexact partial copies of
+    `exact=False`) is normalized by plain tiling: gamma and epsilon unchanged.
+    """
+    return inp.variance_ratio if inp.pattern == "average" else 1.0
 
 
 def _check_activation(layer, ctx, output):
@@ -139,9 +150,9 @@ def expand_layer_norm(layer, ctx):
             + ", ".join(str(inp.source * m) for m in (2, 3, 4))
             + "."
         )
-    eta = math.sqrt(inp.variance_ratio)
+    eta = math.sqrt(norm_variance_ratio(inp))
     if ctx.target is not None:
-        want = layer.epsilon * inp.variance_ratio
+        want = layer.epsilon * norm_variance_ratio(inp)
         if not math.isclose(ctx.target.epsilon, want, rel_tol=1e-6):
             raise ctx.error(
                 f"the target epsilon is {ctx.target.epsilon}, but an exact "

@@ -152,7 +152,9 @@ def expand_masked_lm_head(layer, ctx):
     ctx.expand_sublayer("_intermediate_dense", input=stream, output=stream)
     tied = layer.token_embedding is not None
     scale = 1.0 / stream.copies if tied and normed.pattern == "circular" else 1.0
-    if tied and normed.extras:
+    if tied and normed.extras and not normed.exact:
+        scale = stream.source / stream.target  # the mean number of copies (exact=False)
+    elif tied and normed.extras:
         raise ctx.error(
             f"a tied output embedding needs a width that is a multiple of {stream.source}."
         )

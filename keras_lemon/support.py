@@ -40,9 +40,6 @@ _ROTARY = ("its attention layer applies rotary position embeddings inside a cust
 
 #: keras-hub backbone class name -> why it cannot be expanded (exactly) yet.
 CLASS_REFUSALS = {
-    "AlbertBackbone": ("ALBERT shares one set of block weights across its layers "
-                       "(num_groups, num_inner_repetitions): a new layer cannot get its own "
-                       "weights, and the shared blocks are not yet matched to their uses"),
     "BASNetBackbone": _COMPOSITE,
     "BLIP2Backbone": _COMPOSITE,
     "BartBackbone": _ENCODER_DECODER,
@@ -131,8 +128,9 @@ CLASS_REFUSALS = {
 def supported_summary():
     """One sentence listing what is supported, for error messages."""
     families = ", ".join(keras_hub_models.supported_classes())
-    return (f"supported: {families}; RobertaBackbone, XLMRobertaBackbone, DistilBertBackbone, "
-            "ElectraBackbone and DINOV2Backbone (width) through the general path; your own "
+    return (f"supported: {families}; RobertaBackbone, XLMRobertaBackbone, DistilBertBackbone "
+            "(and their MaskedLM and TextClassifier tasks), ElectraBackbone, and in width only "
+            "AlbertBackbone and DINOV2Backbone, through the general path; your own "
             "functional or subclassed transformers (see the README's census table)")
 
 

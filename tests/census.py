@@ -159,7 +159,7 @@ def _short(message):
 
 
 def table(rows):
-    lines = ["| backbone | width | depth | tasks (width and depth) | why not |",
+    lines = ["| backbone | width | depth | tasks (expanding as the backbone does) | why not |",
              "|---|---|---|---|---|"]
     lines += [f"| `{name}` | {width} | {depth} | {tasks} | {reason} |"
               for name, width, depth, tasks, reason in rows]

@@ -10,6 +10,7 @@ arguments), post-LN.
 """
 
 import keras
+import numpy as np
 from keras import layers
 from keras import ops
 
@@ -61,3 +62,54 @@ def text_classification_transformer(vocab_size=50, maxlen=10, embed_dim=8, num_h
     x = layers.Dropout(0.1)(x)
     outputs = layers.Dense(2, activation="softmax")(x)
     return keras.Model(inputs=inputs, outputs=outputs)
+
+
+def get_pos_encoding_matrix(max_len, d_emb):
+    """The example's sinusoidal table (its own code)."""
+    pos_enc = np.array([
+        [pos / np.power(10000, 2 * (j // 2) / d_emb) for j in range(d_emb)]
+        if pos != 0 else np.zeros(d_emb)
+        for pos in range(max_len)
+    ])
+    pos_enc[1:, 0::2] = np.sin(pos_enc[1:, 0::2])
+    pos_enc[1:, 1::2] = np.cos(pos_enc[1:, 1::2])
+    return pos_enc
+
+
+def _bert_module(query, key, value, i, embed_dim, num_heads, ff_dim):
+    attention_output = layers.MultiHeadAttention(
+        num_heads=num_heads, key_dim=embed_dim // num_heads,
+        name=f"encoder_{i}_multiheadattention")(query, key, value)
+    attention_output = layers.Dropout(0.1, name=f"encoder_{i}_att_dropout")(attention_output)
+    attention_output = layers.LayerNormalization(
+        epsilon=1e-6, name=f"encoder_{i}_att_layernormalization")(query + attention_output)
+    ffn = keras.Sequential([layers.Dense(ff_dim, activation="relu"), layers.Dense(embed_dim)],
+                           name=f"encoder_{i}_ffn")
+    ffn_output = ffn(attention_output)
+    ffn_output = layers.Dropout(0.1, name=f"encoder_{i}_ffn_dropout")(ffn_output)
+    return layers.LayerNormalization(
+        epsilon=1e-6, name=f"encoder_{i}_ffn_layernormalization")(attention_output + ffn_output)
+
+
+def masked_language_bert(vocab_size=50, max_len=10, embed_dim=16, num_heads=2, ff_dim=32,
+                         num_layers=1):
+    """keras.io "End-to-end Masked Language Modeling with BERT", as published.
+
+    Its position embedding is computed outside the graph:
+    `layers.Embedding(...)(ops.arange(...))` runs eagerly while the model is
+    built, so the table enters the functional graph as a constant tensor
+    added to the stream (the Embedding layer is not part of the model).
+    """
+    inputs = layers.Input((max_len,), dtype="int64")
+    word_embeddings = layers.Embedding(vocab_size, embed_dim, name="word_embedding")(inputs)
+    position_embeddings = layers.Embedding(
+        input_dim=max_len, output_dim=embed_dim,
+        weights=[get_pos_encoding_matrix(max_len, embed_dim)], name="position_embedding",
+    )(ops.arange(start=0, stop=max_len, step=1))
+    embeddings = word_embeddings + position_embeddings
+    encoder_output = embeddings
+    for i in range(num_layers):
+        encoder_output = _bert_module(encoder_output, encoder_output, encoder_output, i,
+                                      embed_dim, num_heads, ff_dim)
+    mlm_output = layers.Dense(vocab_size, name="mlm_cls", activation="softmax")(encoder_output)
+    return keras.Model(inputs, mlm_output, name="masked_bert_model")

@@ -17,6 +17,7 @@ from census_configs import CONFIGS
 from conftest import TOLERANCE
 from conftest import randomize
 from conftest import relative_error
+from keras_io_models import masked_language_bert
 from keras_io_models import text_classification_transformer
 
 import keras_lemon
@@ -154,3 +155,30 @@ def test_expand_preset_of_a_general_path_task(tmp_path):
     assert record["model_class"] == "RobertaMaskedLM" and record["lossless_error"] <= 1e-5
     loaded = keras_hub.models.RobertaMaskedLM.from_preset(str(tmp_path / "dst"))
     assert loaded.backbone.hidden_dim == 32 and loaded.backbone.num_layers == 3
+
+
+@pytest.mark.parametrize("blocks,request_", [(1, dict(hidden=32)), (1, dict(layers=2)),
+                                             (2, dict(hidden=48, layers=4, placement="stack"))])
+def test_keras_io_masked_language_bert(blocks, request_):
+    """As published: the position table is a constant added to the stream (grows like a bias)."""
+    model = randomize(masked_language_bert(num_layers=blocks))
+    inputs = np.random.default_rng(0).integers(0, 50, (3, 10)).astype("int32")
+    big = keras_lemon.expand_model(model, seed=0, **request_)
+    error = relative_error(keras.ops.convert_to_numpy(model(inputs)),
+                           keras.ops.convert_to_numpy(big(inputs)))
+    assert error <= TOLERANCE
+    # The table is the source's, copied circularly to the new width.
+    source_table, table = _added_constant(model), _added_constant(big)
+    hidden = request_.get("hidden", 16)
+    assert table.shape == (10, hidden)
+    np.testing.assert_array_equal(table, np.tile(source_table, (1, hidden // 16)))
+
+
+def _added_constant(model):
+    """The constant array an `Add` of the model's graph reads."""
+    for operation in model._operations:
+        if type(operation).__name__ == "Add":
+            for value in operation._inbound_nodes[0].arguments.args:
+                if not isinstance(value, keras.KerasTensor):
+                    return keras.ops.convert_to_numpy(value)
+    raise AssertionError("no constant added in the graph")

@@ -289,11 +289,21 @@ class KerasModelAdapter:
             if layer.weights and id(layer) not in in_block and not _seen(jobs, layer):
                 flags = {"output_scale": scales[id(layer)]} if id(layer) in scales else {}
                 jobs.append(Job(None, layer, layer, leaf_dims[id(layer)], flags))
+        shared = self._shared_block_layers()
+        if shared and any(spec.is_new for spec in specs):
+            raise ExpansionError(
+                f"{self.name}: its blocks share layers ({', '.join(sorted(shared))}: one "
+                "set of weights applied at several depths, as ALBERT does), so a new block "
+                "cannot get weights of its own without changing the blocks it shares them "
+                "with; expand its width only (layers unchanged)."
+            )
         for t, spec in enumerate(specs):
             block = roles.blocks[spec.template]
             last_norm = block.units[-1].norm
             projections = {id(u.out_projection.operation) for u in block.units if u.out_projection}
             for layer in block.leaves():
+                if layer.name in shared and any(j.key_layer is layer for j in jobs):
+                    continue  # a layer shared by several blocks is written once
                 flags, source = {}, layer
                 if spec.is_new and id(layer) in projections:
                     flags["zero_output"] = True
@@ -312,6 +322,15 @@ class KerasModelAdapter:
         jobs.extend(self._own_variable_jobs(dims, dim_of, specs))
         jobs.extend(self._copy_jobs(dim_of))
         return jobs
+
+    def _shared_block_layers(self):
+        """Names of layers with weights that belong to more than one block."""
+        seen, shared = set(), set()
+        for block in self.roles.blocks:
+            ids = {id(layer) for layer in block.leaves()}
+            shared |= {layer.name for layer in block.leaves() if id(layer) in seen}
+            seen |= ids
+        return shared
 
     def _tied_output_scales(self, dim_of):
         """`{LayerNorm id: 1/k}` for the LayerNorms that feed tied output embeddings.
@@ -656,6 +675,12 @@ class _FunctionalBuilder:
             model._inputs_struct)
         for key, tensor in zip(self.graph.inputs, keras.tree.flatten(inputs)):
             mapping[key] = tensor
+        for key, value in self.graph.constants.items():
+            # A constant that joins a growing activation grows like a bias.
+            dim = self.adapter._dim_of(key)
+            if not dim.is_identity:
+                expanded = dim.expand(np.asarray(keras.ops.convert_to_numpy(value)))
+                mapping[key] = keras.ops.convert_to_tensor(expanded, dtype=str(value.dtype))
         anchors, copies = {}, {}
         anchor = None
         for t, spec in enumerate(self.specs):

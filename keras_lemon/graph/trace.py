@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 
 import keras
+import numpy as np
 
 from keras_lemon.graph.feature_ops import feature_behavior
 from keras_lemon.rules.registry import get_kind
@@ -87,6 +88,7 @@ class TensorGraph:
         self.input_structure = None
         self._keep = []
         self._eager = {}
+        self.constants = {}  # key -> a constant array used by an operation
         self._parents = [None]
 
     def key(self, value):
@@ -99,7 +101,20 @@ class TensorGraph:
 
     def is_tensor(self, value):
         return isinstance(value, keras.KerasTensor) or isinstance(value, keras.Variable) \
-            or id(value) in self._eager
+            or id(value) in self._eager or self._record_constant(value)
+
+    def _record_constant(self, value):
+        """Keys a float array baked into the graph (keras.io's position table
+        `Embedding(...)(ops.arange(n))`, computed while the model was built):
+        it joins the activation it is added to, and grows like a bias."""
+        if isinstance(value, (keras.KerasTensor, keras.Variable)):
+            return False
+        if not (isinstance(value, np.ndarray) or keras.ops.is_tensor(value)):
+            return False
+        if len(value.shape) < 1 or "float" not in str(value.dtype):
+            return False
+        self.constants[self.key(value)] = value
+        return True
 
     def producers(self):
         """Map tensor key -> the (non-inlined) node that produces it."""

@@ -316,7 +316,7 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
             "lossless_error": None if inexact else error,
             "approximation_error": error if inexact else None,
             "tolerance": tolerance,
-            "probe": family.probe_description(loaded.tokenizer),
+            "probe": family.probe_description(loaded.tokenizer, source),
             "backend": keras.backend.backend(),
             "date": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
         }

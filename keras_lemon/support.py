@@ -12,10 +12,13 @@ inside Keras.
 
 import contextlib
 
+import keras
 import keras_hub
+import numpy as np
 
 from keras_lemon.adapters import keras_hub_models
 from keras_lemon.index_maps import DimExpansion
+from keras_lemon.lossless import PROBE_SENTENCES
 from keras_lemon.lossless import check_lossless
 from keras_lemon.adapters.keras_models import KerasModelAdapter
 from keras_lemon.adapters.keras_models import is_keras_hub_model
@@ -227,9 +230,40 @@ class GraphFamily:
         return graph_adapter(backbone).transformer_sizes()
 
     def probe_inputs(self, model, tokenizer=None, seed=0):
-        return graph_adapter(model).probe_inputs(seed)
+        """Random inputs; with a tokenizer, `PROBE_SENTENCES` for the token inputs."""
+        adapter = graph_adapter(model)
+        inputs = adapter.probe_inputs(seed)
+        if not self._reads_text(inputs, tokenizer):
+            return inputs
+        length = adapter.probe_length()
+        start = _first_attribute(tokenizer, ("start_token_id", "cls_token_id"))
+        end = _first_attribute(tokenizer, ("end_token_id", "sep_token_id"))
+        pad = _first_attribute(tokenizer, ("pad_token_id",)) or 0
+        rows = []
+        for sentence in PROBE_SENTENCES:
+            ids = list(np.asarray(keras.ops.convert_to_numpy(tokenizer(sentence))).reshape(-1))
+            ids = ([start] if start is not None else []) + ids
+            rows.append(ids[: length - 1] + ([end] if end is not None else []))
+        token_ids = np.full((len(rows), length), pad, "int32")
+        padding_mask = np.zeros((len(rows), length), "int32")
+        for i, row in enumerate(rows):
+            token_ids[i, : len(row)], padding_mask[i, : len(row)] = row, 1
+        text = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if "segment_ids" in inputs:
+            text["segment_ids"] = np.zeros_like(token_ids)
+        return text
 
-    def probe_description(self, tokenizer=None):
+    @staticmethod
+    def _reads_text(inputs, tokenizer):
+        return tokenizer is not None and isinstance(inputs, dict) \
+            and set(inputs) <= {"token_ids", "padding_mask", "segment_ids"} \
+            and {"token_ids", "padding_mask"} <= set(inputs)
+
+    def probe_description(self, tokenizer=None, model=None):
+        """What `probe_inputs(model, tokenizer)` feeds, in words."""
+        if model is not None and self._reads_text(graph_adapter(model).probe_inputs(), tokenizer):
+            return (f"{len(PROBE_SENTENCES)} English sentences "
+                    "(keras_lemon.lossless.PROBE_SENTENCES)")
         return ("2 random inputs (seed 0): token ids with the second sequence padded, "
                 "or standard normal pixels")
 
@@ -246,6 +280,14 @@ class GraphFamily:
         pattern = "circular" if adapter.roles.post_ln else "zero"
         dim = DimExpansion(adapter.roles.hidden, self.sizes(model).hidden, pattern)
         return check_lossless(source, model, inputs, tolerance, name, dim.expand)
+
+
+def _first_attribute(obj, names):
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return int(value)
+    return None
 
 
 def _subclasses(cls):

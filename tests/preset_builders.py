@@ -104,6 +104,50 @@ def hf_bert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermedi
     return directory
 
 
+def hf_distilbert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermediate=32):
+    """Writes a DistilBERT in Hugging Face layout (`DistilBertForMaskedLM` key names)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+
+    def normal(*shape):
+        return rng.normal(0.0, 0.2, shape).astype("float32")
+
+    def layer_norm(prefix):
+        return {f"{prefix}.weight": (1.0 + rng.normal(0.0, 0.5, hidden)).astype("float32"),
+                f"{prefix}.bias": rng.normal(0.0, 0.5, hidden).astype("float32")}
+
+    def linear(prefix, n_in, n_out):
+        return {f"{prefix}.weight": normal(n_out, n_in), f"{prefix}.bias": normal(n_out)}
+
+    tensors = {
+        "distilbert.embeddings.word_embeddings.weight": normal(VOCAB, hidden),
+        "distilbert.embeddings.position_embeddings.weight": normal(SEQ, hidden),
+        **layer_norm("distilbert.embeddings.LayerNorm"),
+    }
+    for i in range(layers):
+        p = f"distilbert.transformer.layer.{i}"
+        for name in ("q_lin", "k_lin", "v_lin", "out_lin"):
+            tensors.update(linear(f"{p}.attention.{name}", hidden, hidden))
+        tensors.update(layer_norm(f"{p}.sa_layer_norm"))
+        tensors.update(linear(f"{p}.ffn.lin1", hidden, intermediate))
+        tensors.update(linear(f"{p}.ffn.lin2", intermediate, hidden))
+        tensors.update(layer_norm(f"{p}.output_layer_norm"))
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    config = {
+        "architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert",
+        "vocab_size": VOCAB, "dim": hidden, "n_layers": layers, "n_heads": heads,
+        "hidden_dim": intermediate, "max_position_embeddings": SEQ, "dropout": 0.1,
+        "activation": "gelu",
+    }
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": True}, f)
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("\n".join(VOCABULARY) + "\n")
+    return directory
+
+
 def tree_digest(directory):
     """{relative path: bytes} of every file under `directory` (to show it is unchanged)."""
     files = {}

@@ -18,6 +18,8 @@ from conftest import TOLERANCE
 from conftest import randomize
 from conftest import relative_error
 from keras_io_models import masked_language_bert
+from preset_builders import hf_distilbert_directory
+from preset_builders import tree_digest
 from keras_io_models import text_classification_transformer
 
 import keras_lemon
@@ -182,3 +184,15 @@ def _added_constant(model):
                 if not isinstance(value, keras.KerasTensor):
                     return keras.ops.convert_to_numpy(value)
     raise AssertionError("no constant added in the graph")
+
+
+def test_expand_preset_from_a_hugging_face_distilbert_directory(tmp_path):
+    src = hf_distilbert_directory(str(tmp_path / "hf"))
+    before = tree_digest(src)
+    keras_lemon.expand_preset(src, str(tmp_path / "dst"), hidden=32, layers=3, seed=0)
+    record = keras_lemon.read_expansion(str(tmp_path / "dst"))
+    assert record["source_format"] == "transformers" and record["lossless_error"] <= 1e-5
+    assert record["probe"].startswith("4 English sentences")  # its own tokenizer
+    assert keras_hub.models.DistilBertBackbone.from_preset(str(tmp_path / "dst")).num_layers == 3
+    assert keras_hub.models.Tokenizer.from_preset(str(tmp_path / "dst")) is not None
+    assert tree_digest(src) == before

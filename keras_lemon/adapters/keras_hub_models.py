@@ -90,7 +90,7 @@ class KerasHubFamily:
         """A batch for the lossless check: real sentences when a tokenizer is given."""
         return self.make_probe(model, np.random.default_rng(seed), tokenizer)
 
-    def probe_description(self, tokenizer=None):
+    def probe_description(self, tokenizer=None, model=None):
         """What `probe_inputs` feeds, in words (recorded in expanded presets)."""
         if self.probe_kind == "images":
             return "2 images of standard normal pixels (seed 0)"

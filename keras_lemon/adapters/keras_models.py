@@ -680,7 +680,8 @@ class _FunctionalBuilder:
             dim = self.adapter._dim_of(key)
             if not dim.is_identity:
                 expanded = dim.expand(np.asarray(keras.ops.convert_to_numpy(value)))
-                mapping[key] = keras.ops.convert_to_tensor(expanded, dtype=str(value.dtype))
+                dtype = keras.backend.standardize_dtype(value.dtype)
+                mapping[key] = keras.ops.convert_to_tensor(expanded, dtype=dtype)
         anchors, copies = {}, {}
         anchor = None
         for t, spec in enumerate(self.specs):

@@ -6,7 +6,7 @@ from conftest import TOLERANCE
 from conftest import inputs_for
 from conftest import relative_error
 from conftest import to_numpy
-from keras_hub.src.layers.modeling.position_embedding import PositionEmbedding
+from keras_hub.layers import PositionEmbedding
 
 import keras_lemon
 from keras_lemon.rules import get_rule
@@ -52,3 +52,16 @@ def test_user_rule_is_used(make_model):
             keras_lemon.expand_model(model, hidden=32, seed=0)
     finally:
         keras_lemon.register_rule(PositionEmbedding, original)
+
+
+def test_overriding_a_rule_keeps_its_graph_kind():
+    from keras_lemon.rules.registry import get_kind
+
+    layer = PositionEmbedding(sequence_length=2)
+    original = get_rule(layer)
+    try:
+        keras_lemon.register_rule(PositionEmbedding, lambda layer, ctx: None)
+        assert get_kind(layer) == "positional"
+    finally:
+        keras_lemon.register_rule(PositionEmbedding, original)
+    assert get_kind(layer) == "positional" and get_rule(layer) is original

@@ -20,9 +20,12 @@ activations that do not grow.
 import dataclasses
 
 import keras
-import numpy as np
 
-LINEAR, ZERO_PRESERVING, ANY = "linear", "zero-preserving", "per-feature"
+# The linearity classes live below both the rules and the graph.
+from keras_lemon.linearity import ANY
+from keras_lemon.linearity import LINEAR
+from keras_lemon.linearity import ZERO_PRESERVING
+from keras_lemon.linearity import activation_linearity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,23 +112,6 @@ def feature_behavior(op):
     if name in _OPS_ANY:
         return FeatureBehavior("pointwise", ANY, axis)
     return None
-
-
-def activation_linearity(activation):
-    """`LINEAR` for the identity, `ZERO_PRESERVING` if `f(0) = 0`, else `ANY`."""
-    if activation is None or activation is keras.activations.linear:
-        return LINEAR
-    zero = keras.ops.convert_to_numpy(activation(np.zeros((1,), "float32")))
-    return ZERO_PRESERVING if float(zero[0]) == 0.0 else ANY
-
-
-def allows(linearity, pattern):
-    """Whether extras of `pattern` survive an operation of `linearity`."""
-    if pattern == "circular":
-        return True
-    if pattern == "zero":
-        return linearity in (LINEAR, ZERO_PRESERVING)
-    return linearity == LINEAR
 
 
 def touches_feature_axis(behavior, node, shapes):

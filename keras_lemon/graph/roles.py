@@ -27,11 +27,11 @@ import functools
 
 import keras
 
-from keras_lemon.graph.feature_ops import allows
 from keras_lemon.graph.feature_ops import feature_behavior
 from keras_lemon.graph.feature_ops import touches_feature_axis
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.index_maps import FlattenedDim
+from keras_lemon.linearity import allows
 from keras_lemon.rules.core_layers import normalized_dim
 from keras_lemon.rules.registry import ExpansionError
 from keras_lemon.rules.registry import get_kind

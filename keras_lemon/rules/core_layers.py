@@ -16,8 +16,8 @@ import math
 import keras
 import numpy as np
 
-from keras_lemon.graph.feature_ops import ANY
-from keras_lemon.graph.feature_ops import activation_linearity
+from keras_lemon.linearity import ANY
+from keras_lemon.linearity import activation_linearity
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.rules.registry import register_rule
 

@@ -62,9 +62,12 @@ def register_rule(layer_class, rule=None, *, kind=None):
             per-feature scale: both dims are the same), `"positional"` (its
             output depends only on its input's shape, like a position
             embedding table: adding it to its input is no residual
-            connection). `None` (default): the layer is supported only
-            inside keras-hub models; a composite one (with sublayers) is
-            opened up when it appears inside a traced model.
+            connection). `None` (default): keep the kind already registered
+            for this class, if any (overriding the rule of a keras-hub layer
+            keeps its role in traced graphs); a class with no kind is
+            supported only inside keras-hub family adapters, and a
+            composite one (with sublayers) is opened up when it appears
+            inside a traced model.
 
     Returns:
         The rule (so that `@register_rule(MyLayer)` keeps the function).
@@ -80,7 +83,8 @@ def register_rule(layer_class, rule=None, *, kind=None):
         if not callable(fn):
             raise TypeError(f"A rule must be callable, got {fn!r}.")
         _RULES[layer_class] = fn
-        _KINDS[layer_class] = kind
+        if kind is not None or layer_class not in _KINDS:
+            _KINDS[layer_class] = kind
         return fn
 
     return decorator if rule is None else decorator(rule)

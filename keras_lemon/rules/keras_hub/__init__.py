@@ -1,0 +1,4 @@
+"""Rules for keras-hub layers, one module per family (registered on import)."""
+
+from keras_lemon.rules.keras_hub import modeling  # noqa: F401
+from keras_lemon.rules.keras_hub import vit  # noqa: F401

@@ -21,7 +21,7 @@ from keras_lemon import DimExpansion
 
 COMMON_CASES = {
     "width_x2": dict(hidden=32),
-    "heads_grow_head_dim_grows": dict(hidden=32, heads=2),
+    "heads_kept_head_dim_grows": dict(hidden=32, heads=2),
     "depth_interleave": dict(layers=4),
     "depth_stack": dict(layers=4, placement="stack"),
     "depth_more_than_2x_interleave": dict(layers=5),
@@ -32,7 +32,7 @@ COMMON_CASES = {
 }
 VIT_ONLY_CASES = {
     "width_non_multiple": dict(hidden=24),
-    "width_non_multiple_heads_3_and_depth": dict(hidden=40, heads=5, layers=3),
+    "width_non_multiple_heads_5_and_depth": dict(hidden=40, heads=5, layers=3),
 }
 MODELS = ["BertBackbone", "BertMaskedLM", "BertTextClassifier", "ViTBackbone",
           "ViTImageClassifier", "ViTImageClassifierGap"]

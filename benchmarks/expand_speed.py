@@ -37,6 +37,11 @@ MODELS = {
             dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12, num_heads=12,
                  hidden_dim=768, mlp_dim=3072),
             dict(layers=24, hidden=1024)),
+    # The general path (traced, rebuilt from config): RoBERTa-base -> 24 x 1536.
+    "roberta": ("RobertaBackbone",
+                dict(vocabulary_size=50265, num_layers=12, num_heads=12, hidden_dim=768,
+                     intermediate_dim=3072, max_sequence_length=512),
+                dict(layers=24, hidden=1536)),
 }
 QUICK = {
     "bert": ("BertBackbone",
@@ -47,7 +52,12 @@ QUICK = {
             dict(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
                  hidden_dim=64, mlp_dim=256),
             dict(layers=4, hidden=96)),
+    "roberta": ("RobertaBackbone",
+                dict(vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
+                     intermediate_dim=256, max_sequence_length=64),
+                dict(layers=4, hidden=128)),
 }
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "expand_speed.json")
 
 
 def child(spec):
@@ -103,7 +113,7 @@ def run(backend, mode, name, table):
 def main():
     parser = argparse.ArgumentParser(description="expand_model speed/memory vs scratch")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--models", default="bert,vit")
+    parser.add_argument("--models", default="bert,vit,roberta")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -114,6 +124,7 @@ def main():
               "peak MB (scratch)", "peak MB (expand)", "expand above import MB",
               "fp32 src+tgt MB", "RSS ratio")
     print(" | ".join(header))
+    rows = []
     for backend in args.backends.split(","):
         for name in args.models.split(","):
             scratch = run(backend, "scratch", name, table)
@@ -127,6 +138,11 @@ def main():
                    f"{scratch['peak_mb']:.0f}", f"{expand['peak_mb']:.0f}", f"{above:.0f}",
                    f"{fp32_mb:.0f}", f"{above / fp32_mb:.2f}")
             print(" | ".join(row), flush=True)
+            rows.append(dict(zip(header, row)))
+            if not args.quick:  # every finished row is kept, for the README table
+                os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+                with open(RESULTS, "w") as f:
+                    json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ import keras_hub
 import numpy as np
 from keras_hub.src.utils import preset_utils
 
+try:  # keras-hub reads Hugging Face weights with safetensors, when installed
+    from safetensors import SafetensorError
+except ImportError:  # pragma: no cover
+    class SafetensorError(Exception):
+        """Stands in for safetensors' error when it is not installed."""
+
 from keras_lemon.expand import expand_model
 from keras_lemon.options import expansion_options
 from keras_lemon.support import family_for_class
@@ -72,7 +78,13 @@ class LoadedPreset:
         if self.format == "keras":
             self.model = self._load_keras(preset, backbone_cls, load_weights)
         else:
-            self.model = backbone_cls.from_preset(preset, load_weights=load_weights)
+            try:
+                self.model = backbone_cls.from_preset(preset, load_weights=load_weights)
+            except SafetensorError as error:
+                raise ValueError(
+                    f"Preset '{preset}': its safetensors weights cannot be read ({error}); "
+                    "is model.safetensors complete (not truncated by a download)?"
+                ) from error
             converter = getattr(loader, "converter", None)
             if hasattr(converter, "convert_tokenizer") and any(
                 preset_utils.check_file_exists(preset, f) for f in _HF_TOKENIZER_FILES

@@ -64,5 +64,6 @@ def test_unwritten_target_variables_are_named():
     model = keras.Sequential([keras.Input((3,)), target, keras.layers.Dense(5)])
     with pytest.raises(ExpansionError, match="No rule wrote these target variables.*kernel"):
         session.check_complete(model)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(target.kernel),
-                                  keras.ops.convert_to_numpy(source.kernel))
+    # What was written is the source's kernel (LEMON's noise cancels up to round-off).
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(target.kernel),
+                               keras.ops.convert_to_numpy(source.kernel), atol=1e-6)

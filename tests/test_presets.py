@@ -223,3 +223,15 @@ def test_malformed_config_json_names_the_file(tmp_path):
     (src / "config.json").write_text('{"module": "keras_hub", ')
     with pytest.raises(ValueError, match="small': config.json is not valid JSON"):
         keras_lemon.expand_preset(str(src), str(tmp_path / "big"), hidden=32)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    src = hf_bert_directory(str(tmp_path / "hf"))
+    path = os.path.join(src, "model.safetensors")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="hf': its safetensors weights cannot be read.*truncated"):
+        keras_lemon.expand_preset(src, str(tmp_path / "big"), hidden=32)
+    assert not (tmp_path / "big").exists()

@@ -123,6 +123,8 @@ class KerasModelAdapter:
         self.source_sizes = self._source_sizes()
         # False for `expand_model(exact=False)` (see `DimExpansion.exact`).
         self.exact = True
+        self._dims = None  # see `dims`
+        self._layout = None
         # Sizes the rebuilt model chose itself (see `fit_to_targets`).
         self._grown_classes = {}
         self._attention_dims = {}
@@ -197,7 +199,17 @@ class KerasModelAdapter:
             )
 
     def dims(self, target):
-        """Roles (`DimExpansion`s) for target `TransformerSizes`."""
+        """Roles (`DimExpansion`s) for target `TransformerSizes`.
+
+        The adapter remembers them: the per-layer dims (`layout`) that
+        `jobs`, `build_target`, `fit_to_targets` and `verify` use derive
+        from the last dims made here, whatever order those run in.
+        """
+        self._dims = self._make_dims(target)
+        self._layout = None
+        return self._dims
+
+    def _make_dims(self, target):
         s = self.source_sizes
         stream = DimExpansion(s["hidden"], target.hidden,
                               "circular" if self.roles.post_ln else "average", self.exact)
@@ -258,25 +270,32 @@ class KerasModelAdapter:
             inp = DimExpansion(1, 1)
         return {**base, "input": inp, "output": out}
 
-    def leaf_dims(self, dims):
-        """Source layer id -> dims of its rule (from its first call)."""
-        dim_of = self.roles.class_dims(dims["stream"], dims["ffn"], self._grown_classes)
-        self.roles.check(dim_of)
-        out = {}
-        for node in self.roles.leaf_nodes:
-            if id(node.operation) not in out and node.operation.weights:
-                out[id(node.operation)] = self._leaf_dims(node, dims, dim_of)
-        return out, dim_of
+    def layout(self):
+        """`(leaf_dims, dim_of)` for the dims of `dims()` and the sizes adopted so far.
+
+        `leaf_dims`: source layer id -> dims of its rule (from its first
+        call); `dim_of`: tensor key -> `DimExpansion` of its feature axis.
+        Computed once, again after `fit_to_targets` adopts new sizes.
+        """
+        if self._dims is None:
+            raise RuntimeError("KerasModelAdapter.dims(target) must come first.")
+        if self._layout is None:
+            dims = self._dims
+            dim_of = self.roles.class_dims(dims["stream"], dims["ffn"], self._grown_classes)
+            self.roles.check(dim_of)
+            leaf_dims = {}
+            for node in self.roles.leaf_nodes:
+                if id(node.operation) not in leaf_dims and node.operation.weights:
+                    leaf_dims[id(node.operation)] = self._leaf_dims(node, dims, dim_of)
+            self._layout = leaf_dims, dim_of
+        return self._layout
 
     def jobs(self, dims, specs):
         """Every layer (and container's own variables) to expand, with flags.
 
-        Also fixes the per-layer dims that `build_target` sizes layers by,
-        so it runs first.
+        `dims` are those `dims(target)` returned.
         """
-        leaf_dims, dim_of = self.leaf_dims(dims)
-        self._leaf_dims_by_id = leaf_dims
-        self._dim_of = dim_of
+        leaf_dims, dim_of = self.layout()
         roles = self.roles
         in_block = {}
         for b, block in enumerate(roles.blocks):
@@ -378,7 +397,7 @@ class KerasModelAdapter:
             True when some size changed.
         """
         changed = False
-        dim_of = self._dim_of
+        leaf_dims, dim_of = self.layout()
         for node in self.roles.leaf_nodes:
             layer = node.operation
             target = _any_target(targets, layer)
@@ -389,7 +408,7 @@ class KerasModelAdapter:
                 for role, size in (("key_dim", target.key_dim),
                                    ("value_dim", target.value_dim or target.key_dim)):
                     source = layer.key_dim if role == "key_dim" else layer.value_dim or layer.key_dim
-                    planned = self._leaf_dims_by_id[id(layer)][role]
+                    planned = leaf_dims[id(layer)][role]
                     if size != planned.target and size >= source:
                         found[role] = DimExpansion(source, size, "circular")
                 if found and found != self._attention_dims.get(id(layer)):
@@ -404,6 +423,8 @@ class KerasModelAdapter:
                 if self._grown_classes.get(cls) != size:
                     self._grown_classes[cls] = size
                     changed = True
+        if changed:
+            self._layout = None
         return changed
 
     def _check_new_blocks(self, specs):
@@ -596,7 +617,8 @@ class KerasModelAdapter:
                 tolerance = max([tolerance] + [10 * e for e in eps])
         # Outputs that grow with the model (a backbone's hidden states) are
         # compared with the source's expanded by their activation's pattern.
-        expand = [None if self._dim_of(key).is_identity else self._dim_of(key).expand
+        dim_of = self.layout()[1]
+        expand = [None if dim_of(key).is_identity else dim_of(key).expand
                   for key in self.graph.outputs]
         return check_lossless(self.model, new_model, self.probe_inputs(), tolerance,
                               self.name, expand)
@@ -677,7 +699,7 @@ class _FunctionalBuilder:
             mapping[key] = tensor
         for key, value in self.graph.constants.items():
             # A constant that joins a growing activation grows like a bias.
-            dim = self.adapter._dim_of(key)
+            dim = self.adapter.layout()[1](key)
             if not dim.is_identity:
                 expanded = dim.expand(np.asarray(keras.ops.convert_to_numpy(value)))
                 dtype = keras.backend.standardize_dtype(value.dtype)
@@ -754,7 +776,7 @@ class _FunctionalBuilder:
         return new
 
     def _clone_layer(self, layer, t, fresh, inlined=None):
-        dims = self.adapter._leaf_dims_by_id.get(id(layer))
+        dims = self.adapter.layout()[0].get(id(layer))
         if isinstance(layer, keras.Model):
             node = next(n for n in self.graph.nodes if n.operation is layer)
             return self._new_op(node, t, fresh)
@@ -776,7 +798,7 @@ class _FunctionalBuilder:
 
     def _rebuild_nested(self, node, t, fresh):
         op = node.operation
-        dim_of = self.adapter._dim_of
+        dim_of = self.adapter.layout()[1]
         local, inputs = {}, []
         for key in node.inputs:
             shape = self.graph.shapes[key]
@@ -874,11 +896,11 @@ def resize_leaf_config(layer, dims):
 def expand_own_variables(layer, ctx):
     """Variables a custom layer or model creates itself, by their role.
 
-    `ctx.flags["axes"]`: `{attribute: {axis: dim}}`; each variable's feature
+    `ctx.flags.axes`: `{attribute: {axis: dim}}`; each variable's feature
     axis is fan-out with the activation it joins (a position table added to
     the stream grows like the stream).
     """
-    for attribute, axes in ctx.flags["axes"].items():
+    for attribute, axes in ctx.flags.axes.items():
         ctx.fan_out(attribute, axes)
 
 

@@ -73,7 +73,7 @@ def expand_dense(layer, ctx):
     """Dense: kernel `(in, out)` fan-in on axis 0, fan-out on axis 1."""
     inp, out = ctx.dims["input"], ctx.dims["output"]
     _check_activation(layer, ctx, out)
-    if ctx.flags.get("zero_output"):
+    if ctx.flags.zero_output:
         if activation_linearity(layer.activation) == ANY:
             raise ctx.error(
                 "a new block's output projection must output 0, but its "
@@ -96,12 +96,12 @@ def expand_einsum_dense(layer, ctx):
     Flags: `fan_in` and `fan_out` (`{kernel axis: dim}`), `scale` (default 1),
     `zero_output`. The bias spans the kernel's trailing output axes.
     """
-    if "fan_in" not in ctx.flags:
+    if ctx.flags.fan_in is None:
         raise ctx.error(
             "an EinsumDense on its own has no known input/output axes; expand it "
             "from the rule of the layer that owns it, or register a rule."
         )
-    fan_in, fan_out = ctx.flags["fan_in"], ctx.flags.get("fan_out", {})
+    fan_in, fan_out = ctx.flags.fan_in, ctx.flags.fan_out or {}
     kernel_rank = len(layer.kernel.shape)
     bias_rank = len(layer.bias.shape) if layer.bias is not None else 0
 
@@ -109,12 +109,12 @@ def expand_einsum_dense(layer, ctx):
         shift = kernel_rank - bias_rank
         return {a - shift: d for a, d in axes.items() if a >= shift}
 
-    if ctx.flags.get("zero_output"):
+    if ctx.flags.zero_output:
         ctx.cancel("kernel", fan_in, fan_out)
         if layer.bias is not None:
             ctx.zeros("bias", on_bias(fan_out))
         return
-    scale = ctx.flags.get("scale", 1.0)
+    scale = ctx.flags.scale
     ctx.fan_in("kernel", fan_in, fan_out, scale=scale)
     if layer.bias is not None:
         bias_in = on_bias(fan_in)
@@ -161,8 +161,8 @@ def expand_layer_norm(layer, ctx):
                 "layer that creates this LayerNorm), or use a width that is a "
                 f"multiple of {inp.source}, which keeps epsilon."
             )
-    scale = ctx.flags.get("output_scale", 1.0)
-    if ctx.flags.get("identity"):
+    scale = ctx.flags.output_scale
+    if ctx.flags.identity:
         if layer.scale:
             ctx.set("gamma", np.ones(inp.target, np.float32), "ones (identity)")
         if layer.center:
@@ -234,5 +234,5 @@ def expand_multi_head_attention(layer, ctx):
     ctx.expand_sublayer(
         "_output_dense",
         flags={"fan_in": {0: heads, 1: value}, "fan_out": {2: out},
-               "zero_output": ctx.flags.get("zero_output", False)},
+               "zero_output": ctx.flags.zero_output},
     )

@@ -32,6 +32,7 @@ def expand_scale(layer, ctx):
 ```
 """
 
+import dataclasses
 import zlib
 
 import keras
@@ -110,6 +111,58 @@ class ExpansionError(ValueError):
     """A requested expansion cannot be done exactly (a `ValueError`)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerFlags:
+    """Per-layer instructions from the enclosing rule or the model path (`ctx.flags`).
+
+    Rules and adapters pass them as a dict (`flags={"zero_output": True}`);
+    the context turns it into this, so that a misspelt instruction fails
+    loudly instead of being ignored.
+
+    Attributes:
+        block: `keras_lemon.depth.BlockSpec` of the transformer block being
+            expanded (None outside blocks).
+        depth: list of `BlockSpec`, for a layer that holds all the blocks
+            (keras-hub's `ViTEncoder`).
+        zero_output: a new block's output projection: it must output 0
+            (cancelling weights for `"lemon"`, zeros for the baselines).
+        identity: a post-LN LayerNorm set to gamma 1, beta 0 (depth growth).
+        output_scale: multiplies a LayerNorm's gamma and beta (tied output
+            embeddings: 1 / the number of copies).
+        output_norm_layer: the source layer whose output LayerNorm a post-LN
+            block carries (the anchor of a chain of new blocks).
+        fan_in, fan_out: `{kernel axis: DimExpansion}` of an `EinsumDense`,
+            named by the layer that owns it (attention).
+        scale: multiplies an `EinsumDense`'s result (the query when the
+            head size grows).
+        axes: `{attribute: {axis: DimExpansion}}` for the variables a custom
+            layer or model creates itself.
+    """
+
+    block: object = None
+    depth: list = None
+    zero_output: bool = False
+    identity: bool = False
+    output_scale: float = 1.0
+    output_norm_layer: object = None
+    fan_in: dict = None
+    fan_out: dict = None
+    scale: float = 1.0
+    axes: dict = None
+
+    @classmethod
+    def of(cls, flags, path):
+        if isinstance(flags, cls):
+            return flags
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(flags or {}) - known)
+        if unknown:
+            raise ExpansionError(
+                f"Layer '{path}': unknown flags {unknown}; the flags are {sorted(known)}."
+            )
+        return cls(**(flags or {}))
+
+
 class ExpansionContext:
     """What a rule gets: source layer, target layer, roles, and writers.
 
@@ -122,8 +175,8 @@ class ExpansionContext:
             `"input"`, `"output"` (the layer's input/output feature axes),
             `"heads"`, `"key_dim"`, `"value_dim"`, `"intermediate"`,
             `"stream"` (the residual stream).
-        flags: dict of per-layer instructions from the enclosing rule, e.g.
-            `zero_output=True` for a new block's output projection.
+        flags: `LayerFlags`, per-layer instructions from the enclosing rule
+            (e.g. `zero_output` for a new block's output projection).
         method: `"lemon"` (random fan-in, cancelling new blocks),
             `"net2net"` (equal split, zero new blocks) or `"zero_blocks"`
             (random fan-in, zero new blocks).
@@ -134,7 +187,7 @@ class ExpansionContext:
         self.target = target
         self.path = path
         self.dims = dict(dims)
-        self.flags = dict(flags or {})
+        self.flags = LayerFlags.of(flags, path)
         self._session = session
 
     @property

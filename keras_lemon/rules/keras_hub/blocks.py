@@ -1,6 +1,6 @@
 """Helpers shared by the rules for keras-hub's transformer blocks.
 
-Block-level instructions come in `ctx.flags["block"]` (a
+Block-level instructions come in `ctx.flags.block` (a
 `keras_lemon.depth.BlockSpec`); a new block's output projections get
 `zero_output` (they cancel, or are zero for the baselines).
 """
@@ -9,7 +9,7 @@ from keras_lemon.rules.core_layers import normalized_dim
 
 
 def block_spec(ctx):
-    return ctx.flags.get("block")
+    return ctx.flags.block
 
 
 def new_block_flags(ctx):

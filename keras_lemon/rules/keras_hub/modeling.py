@@ -49,7 +49,7 @@ def expand_transformer_encoder(layer, ctx):
     )
     if block is None or block.output_norm_from is not None:
         # A block that ends its chain carries the anchor's output LayerNorm.
-        anchor = ctx.flags.get("output_norm_layer", layer)
+        anchor = ctx.flags.output_norm_layer or layer
         ctx.expand_sublayer("_feedforward_layer_norm", source=anchor._feedforward_layer_norm, input=stream)
     else:
         ctx.expand_sublayer("_feedforward_layer_norm", input=stream, flags={"identity": True})

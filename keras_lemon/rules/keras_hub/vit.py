@@ -33,8 +33,8 @@ def expand_vit_mlp(layer, ctx):
 
 @register_rule(ViTEncoder)
 def expand_vit_encoder(layer, ctx):
-    """keras-hub ViT encoder: its blocks per `ctx.flags["depth"]`, then the final LN."""
-    depth = ctx.flags["depth"]
+    """keras-hub ViT encoder: its blocks per `ctx.flags.depth`, then the final LN."""
+    depth = ctx.flags.depth
     for t, spec in enumerate(depth):
         source = layer.encoder_layers[spec.template]
         ctx.expand_sublayer(

@@ -53,14 +53,9 @@ def vit_classifier_preset(directory):
     return task
 
 
-def hf_bert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermediate=32):
-    """Writes a BERT in Hugging Face layout: config.json, model.safetensors, vocab.txt.
-
-    HF `nn.Linear` weights are (out, in). LayerNorms use the sentence-
-    transformers names (`weight`/`bias`), as all-MiniLM-L6-v2 does.
-    """
-    rng = np.random.default_rng(seed)
-    os.makedirs(directory, exist_ok=True)
+def _hf_weight_makers(rng, hidden):
+    """`normal`, `layer_norm` and `linear` tensors in Hugging Face layout (random,
+    gammas around 1 with spread 0.5; `nn.Linear` weights are (out, in))."""
 
     def normal(*shape):
         return rng.normal(0.0, 0.2, shape).astype("float32")
@@ -71,6 +66,30 @@ def hf_bert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermedi
 
     def linear(prefix, n_in, n_out):
         return {f"{prefix}.weight": normal(n_out, n_in), f"{prefix}.bias": normal(n_out)}
+
+    return normal, layer_norm, linear
+
+
+def _write_hf_directory(directory, tensors, config, tokenizer_class):
+    """`model.safetensors`, `config.json` and a lower-casing WordPiece tokenizer."""
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": tokenizer_class, "do_lower_case": True}, f)
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("\n".join(VOCABULARY) + "\n")
+    return directory
+
+
+def hf_bert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermediate=32):
+    """Writes a BERT in Hugging Face layout: config.json, model.safetensors, vocab.txt.
+
+    HF `nn.Linear` weights are (out, in). LayerNorms use the sentence-
+    transformers names (`weight`/`bias`), as all-MiniLM-L6-v2 does.
+    """
+    os.makedirs(directory, exist_ok=True)
+    normal, layer_norm, linear = _hf_weight_makers(np.random.default_rng(seed), hidden)
 
     tensors = {
         "embeddings.word_embeddings.weight": normal(VOCAB, hidden),
@@ -88,36 +107,19 @@ def hf_bert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermedi
         tensors.update(linear(f"{p}.intermediate.dense", hidden, intermediate))
         tensors.update(linear(f"{p}.output.dense", intermediate, hidden))
         tensors.update(layer_norm(f"{p}.output.LayerNorm"))
-    save_file(tensors, os.path.join(directory, "model.safetensors"))
     config = {
         "architectures": ["BertModel"], "model_type": "bert", "vocab_size": VOCAB,
         "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
         "intermediate_size": intermediate, "max_position_embeddings": SEQ,
         "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
     }
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True}, f)
-    with open(os.path.join(directory, "vocab.txt"), "w") as f:
-        f.write("\n".join(VOCABULARY) + "\n")
-    return directory
+    return _write_hf_directory(directory, tensors, config, "BertTokenizer")
 
 
 def hf_distilbert_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermediate=32):
     """Writes a DistilBERT in Hugging Face layout (`DistilBertForMaskedLM` key names)."""
-    rng = np.random.default_rng(seed)
     os.makedirs(directory, exist_ok=True)
-
-    def normal(*shape):
-        return rng.normal(0.0, 0.2, shape).astype("float32")
-
-    def layer_norm(prefix):
-        return {f"{prefix}.weight": (1.0 + rng.normal(0.0, 0.5, hidden)).astype("float32"),
-                f"{prefix}.bias": rng.normal(0.0, 0.5, hidden).astype("float32")}
-
-    def linear(prefix, n_in, n_out):
-        return {f"{prefix}.weight": normal(n_out, n_in), f"{prefix}.bias": normal(n_out)}
+    normal, layer_norm, linear = _hf_weight_makers(np.random.default_rng(seed), hidden)
 
     tensors = {
         "distilbert.embeddings.word_embeddings.weight": normal(VOCAB, hidden),
@@ -132,20 +134,13 @@ def hf_distilbert_directory(directory, seed=0, layers=2, hidden=16, heads=2, int
         tensors.update(linear(f"{p}.ffn.lin1", hidden, intermediate))
         tensors.update(linear(f"{p}.ffn.lin2", intermediate, hidden))
         tensors.update(layer_norm(f"{p}.output_layer_norm"))
-    save_file(tensors, os.path.join(directory, "model.safetensors"))
     config = {
         "architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert",
         "vocab_size": VOCAB, "dim": hidden, "n_layers": layers, "n_heads": heads,
         "hidden_dim": intermediate, "max_position_embeddings": SEQ, "dropout": 0.1,
         "activation": "gelu",
     }
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": True}, f)
-    with open(os.path.join(directory, "vocab.txt"), "w") as f:
-        f.write("\n".join(VOCABULARY) + "\n")
-    return directory
+    return _write_hf_directory(directory, tensors, config, "DistilBertTokenizer")
 
 
 def tree_digest(directory):

@@ -209,19 +209,13 @@ def test_unwritable_destination_is_refused_before_loading(tmp_path):
         keras_lemon.expand_preset(src, "/proc/lemon-out", hidden=32)
 
 
-def test_malformed_task_json_names_the_file(tmp_path):
+@pytest.mark.parametrize("config_file,text", [("task.json", "{'not': json}"),
+                                               ("config.json", '{"module": "keras_hub", ')])
+def test_malformed_json_names_the_file(tmp_path, config_file, text):
     src = tmp_path / "small"
     bert_backbone_preset(str(src))
-    (src / "task.json").write_text("{'not': json}")
-    with pytest.raises(ValueError, match="small': task.json is not valid JSON"):
-        keras_lemon.expand_preset(str(src), str(tmp_path / "big"), hidden=32)
-
-
-def test_malformed_config_json_names_the_file(tmp_path):
-    src = tmp_path / "small"
-    bert_backbone_preset(str(src))
-    (src / "config.json").write_text('{"module": "keras_hub", ')
-    with pytest.raises(ValueError, match="small': config.json is not valid JSON"):
+    (src / config_file).write_text(text)
+    with pytest.raises(ValueError, match=f"small': {config_file} is not valid JSON"):
         keras_lemon.expand_preset(str(src), str(tmp_path / "big"), hidden=32)
 
 

@@ -136,8 +136,9 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
             `ViTBackbone` or `ViTImageClassifier` (family adapters); another
             keras-hub backbone the census supports (`RobertaBackbone`,
             `XLMRobertaBackbone`, `DistilBertBackbone`, `ElectraBackbone`,
-            `DINOV2Backbone`: traced and rebuilt from its config, see
-            `keras_lemon.support`); or a built `keras.Model` of your own,
+            `DebertaV3Backbone`, `RoformerV2Backbone`, `DeiTBackbone`,
+            `DINOV2Backbone`, the CLIP/MetaCLIP2 encoders, ...: traced and
+            rebuilt from its config, see `keras_lemon.support`); or a built `keras.Model` of your own,
             functional (nested models and custom layers inside allowed) or
             subclassed (rebuilt with `from_config`), whose roles are inferred
             from its graph (see `keras_lemon.adapters.keras_models`).

@@ -51,11 +51,7 @@ CLASS_REFUSALS = {
     "CSPNetBackbone": _CNN,
     "DFineBackbone": _COMPOSITE,
     "DINOV3Backbone": _ROTARY,
-    "DebertaV3Backbone": ("its disentangled relative-position attention "
-                          "(DisentangledSelfAttention) has no expansion rule yet"),
     "DeepLabV3Backbone": _COMPOSITE,
-    "DeiTBackbone": ("its encoder blocks (DeiTEncoderBlock) return attention scores "
-                     "beside the stream, which the graph trace does not follow yet"),
     "DenseNetBackbone": _CNN,
     "DepthAnythingBackbone": _COMPOSITE,
     "ESM2Backbone": _ROTARY,
@@ -102,7 +98,6 @@ CLASS_REFUSALS = {
                       "not a transformer with attention heads"),
     "ResNetBackbone": _CNN,
     "RetinaNetBackbone": _COMPOSITE,
-    "RoformerV2Backbone": _ROTARY,
     "SAM3PromptableConceptBackbone": _COMPOSITE,
     "SAMBackbone": _COMPOSITE,
     "SegFormerBackbone": _COMPOSITE,
@@ -131,10 +126,12 @@ CLASS_REFUSALS = {
 def supported_summary():
     """One sentence listing what is supported, for error messages."""
     families = ", ".join(keras_hub_models.supported_classes())
-    return (f"supported: {families}; RobertaBackbone, XLMRobertaBackbone, DistilBertBackbone "
-            "(and their MaskedLM and TextClassifier tasks), ElectraBackbone, and in width only "
-            "AlbertBackbone and DINOV2Backbone, through the general path; your own "
-            "functional or subclassed transformers (see the README's census table)")
+    return (f"supported: {families}; RobertaBackbone, XLMRobertaBackbone, DistilBertBackbone, "
+            "DebertaV3Backbone, RoformerV2Backbone (and their MaskedLM and TextClassifier "
+            "tasks), ElectraBackbone, DeiTBackbone (and DeiTImageClassifier), "
+            "DINOV2Backbone, the CLIP and MetaCLIP2 vision and text encoders, the SigLIP "
+            "text encoder, and in width only AlbertBackbone, through the general path; "
+            "your own functional or subclassed transformers (see the README's census table)")
 
 
 def refusal(model):
@@ -180,13 +177,20 @@ def explaining(model):
     """Re-raises errors from deep inside the analysis of a keras-hub model.
 
     They become an `ExpansionError` that names the class and says what is
-    supported. Our own `ExpansionError`s, and every error for users' own
-    models (whose code the user can read), pass unchanged.
+    supported. Our own `ExpansionError`s get the model's class and name in
+    front when they lack them (a layer rule names only its layer); other
+    errors for users' own models (whose code the user can read) pass
+    unchanged.
     """
     try:
         yield
     except _DEEP_ERRORS as error:
-        if isinstance(error, ExpansionError) or not is_keras_hub_model(model):
+        if isinstance(error, ExpansionError):
+            if model.name in str(error):
+                raise
+            # A layer's rule names the layer; say which model it belongs to.
+            raise ExpansionError(f"{type(model).__name__} '{model.name}': {error}") from error
+        if not is_keras_hub_model(model):
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ExpansionError(

@@ -36,6 +36,8 @@ from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
 from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.core_layers import attention_shape
+from keras_lemon.rules.core_layers import is_rms_norm
 from keras_lemon.rules.core_layers import norm_variance_ratio
 from keras_lemon.rules.registry import get_rule
 from keras_lemon.sizes import TransformerSizes
@@ -56,6 +58,10 @@ SIZE_KEYS = {
                      "ffn_dim", "dim_feedforward", "feedforward_dim", "mlp_units"),
     "head_dim": ("key_dim", "head_dim", "head_size"),
 }
+
+#: Config keys of LayerNorm epsilons, scaled for a pre-LN stream that grows
+#: by a non-multiple (`keras_lemon.rules.core_layers.expand_layer_norm`).
+EPSILON_KEYS = ("layer_norm_epsilon", "layer_norm_eps", "norm_epsilon", "epsilon")
 
 
 #: Positions per sequence in the probe batch when the input shape leaves them
@@ -118,7 +124,16 @@ class KerasModelAdapter:
         self.name = f"{type(model).__name__} '{model.name}'"
         self.config_keys = _check_config_keys(config_keys)
         self.sample_inputs = sample_inputs
-        self.graph = trace_model(model, self._input_specs())
+        self._full_length = False  # see `probe_length`
+        try:
+            self.graph = trace_model(model, self._input_specs())
+        except ValueError:
+            # A model whose position table is added whole (keras-hub's SigLIP
+            # text encoder) runs only at its full sequence length.
+            if not self._has_max_length() or self.sample_inputs is not None:
+                raise
+            self._full_length = True
+            self.graph = trace_model(model, self._input_specs())
         self.roles = GraphRoles(self.graph, self.name)
         self.source_sizes = self._source_sizes()
         # False for `expand_model(exact=False)` (see `DimExpansion.exact`).
@@ -159,9 +174,7 @@ class KerasModelAdapter:
 
     def _source_sizes(self):
         roles = self.roles
-        attention = {(n.operation.num_heads, n.operation.key_dim,
-                      n.operation.value_dim or n.operation.key_dim)
-                     for n in roles.attention_nodes}
+        attention = {attention_shape(n.operation) for n in roles.attention_nodes}
         if len(attention) > 1:
             raise ExpansionError(
                 f"{self.name}: attention layers with different shapes "
@@ -211,8 +224,7 @@ class KerasModelAdapter:
 
     def _make_dims(self, target):
         s = self.source_sizes
-        stream = DimExpansion(s["hidden"], target.hidden,
-                              "circular" if self.roles.post_ln else "average", self.exact)
+        stream = DimExpansion(s["hidden"], target.hidden, self.roles.stream_pattern, self.exact)
         if s["tied_heads"]:
             key_dim = value_dim = target.hidden // target.heads
             if s["value_dim"] != s["key_dim"]:
@@ -247,6 +259,7 @@ class KerasModelAdapter:
         if kind == "attention":
             query = node.argument(0, "query")
             value = node.argument(1, "value")
+            value = query if value is None else value  # a self-attention layer: call(x)
             key = node.argument(2, "key")
             key = value if key is None else key
             ins = [dim_of(id(t)) for t in (query, value, key)]
@@ -336,6 +349,10 @@ class KerasModelAdapter:
                             source = carried.operation
                     elif any(layer is n for n in norms) and spec.input_norm_identity:
                         flags["identity"] = True
+                if id(source) in scales and t == len(specs) - 1 and not flags.get("identity"):
+                    # The last block's output norm feeds a tied output embedding
+                    # (RoformerV2's masked-LM head reads the stream directly).
+                    flags["output_scale"] = scales[id(source)]
                 jobs.append(Job(t, source, layer, leaf_dims[id(layer)], flags))
         self._check_new_blocks(specs)
         jobs.extend(self._own_variable_jobs(dims, dim_of, specs))
@@ -405,9 +422,10 @@ class KerasModelAdapter:
                 continue
             if node_kind(node) == "attention":
                 found = {}
-                for role, size in (("key_dim", target.key_dim),
-                                   ("value_dim", target.value_dim or target.key_dim)):
-                    source = layer.key_dim if role == "key_dim" else layer.value_dim or layer.key_dim
+                _, source_key, source_value = attention_shape(layer)
+                _, target_key, target_value = attention_shape(target)
+                for role, size, source in (("key_dim", target_key, source_key),
+                                           ("value_dim", target_value, source_value)):
                     planned = leaf_dims[id(layer)][role]
                     if size != planned.target and size >= source:
                         found[role] = DimExpansion(source, size, "circular")
@@ -472,7 +490,7 @@ class KerasModelAdapter:
                 else:
                     d = DimExpansion(var.shape[-1], var.shape[-1]) if var.shape else None
                 axes[attr] = {} if d is None or d.is_identity else {len(var.shape) - 1: d}
-            b = None if node is None else self.roles.block_of_top.get(id(node.top))
+            b = None if node is None else self.roles.block_of(node)
             blocks = [None] if b is None else [t for t, s in enumerate(specs) if s.template == b]
             for t in blocks:
                 jobs.append(Job(t, layer, layer, dict(dims), {"axes": axes},
@@ -507,6 +525,13 @@ class KerasModelAdapter:
                 if source_values[role] is not None and isinstance(value, int) \
                         and not isinstance(value, bool) and value == source_values[role]:
                     config[key] = target_values[role]
+        # A pre-LN stream with average extras: every LayerNorm reading it needs
+        # epsilon * k d / D (their rule checks it, so a shared key that also
+        # sets a norm elsewhere fails there, loudly).
+        ratio = norm_variance_ratio(dims["stream"])
+        for key in EPSILON_KEYS:
+            if ratio != 1.0 and isinstance(config.get(key), float):
+                config[key] = config[key] * ratio
         return config
 
     def build_target(self, dims, target, specs):
@@ -569,24 +594,36 @@ class KerasModelAdapter:
         return new_model, targets
 
     def _block_list(self, owner, new_model, specs):
-        """`(id(owner), attribute)` of the list of blocks, when the depth changes."""
+        """`(id(holder), attribute)` of the list of blocks, when the depth changes.
+
+        The holder is the model itself or a layer nested in it (keras-hub's
+        `ViTEncoder.encoder_layers`), found by walking source and target
+        together as `_pair` does.
+        """
         blocks = self.roles.blocks
         if len(specs) == len(blocks) and all(not s.is_new for s in specs):
             return None
-        for name, child in _children(owner):
-            if not isinstance(child, (list, tuple)) or len(child) != len(blocks):
+        frontier, seen = [(owner, new_model)], set()
+        while frontier:
+            holder, new_holder = frontier.pop(0)
+            if id(holder) in seen or new_holder is None or not should_inline(holder):
                 continue
-            if all(set(id(x) for x in block.leaves())
-                   <= {id(x) for x in _layers_in(child[b])}
-                   for b, block in enumerate(blocks)):
-                grown = getattr(new_model, name)
-                if len(grown) != len(specs):
+            seen.add(id(holder))
+            for name, child, grown in _child_pairs(holder, new_holder):
+                if isinstance(child, keras.layers.Layer):
+                    frontier.append((child, grown))
+                    continue
+                if len(child) != len(blocks) or not all(
+                        {id(x) for x in block.leaves()} <= {id(x) for x in _layers_in(child[b])}
+                        for b, block in enumerate(blocks)):
+                    continue
+                if len(grown or ()) != len(specs):
                     raise ValueError(
                         f"{self.name}: rebuilt with {len(specs)} layers, its "
-                        f"'{name}' list has {len(grown)} blocks; is the layers "
+                        f"'{name}' list has {len(grown or ())} blocks; is the layers "
                         "config key named as in SIZE_KEYS['layers'] (or config_keys)?"
                     )
-                return id(owner), name
+                return id(holder), name
         raise ExpansionError(
             f"{self.name}: its blocks are not the elements of one list attribute "
             "of the model, so new blocks cannot be inserted; keep layers unchanged."
@@ -651,11 +688,16 @@ class KerasModelAdapter:
         return keras.tree.pack_sequence_as(self.graph.input_structure, flat)
 
     def probe_length(self):
-        """`PROBE_LENGTH`, or the config's `max_sequence_length` if smaller."""
+        """`PROBE_LENGTH`, or the config's `max_sequence_length` if smaller
+        (or if the model runs only at that length)."""
         max_length = _config_of(self.model).get("max_sequence_length")
-        if isinstance(max_length, int) and max_length > 0:
-            return min(PROBE_LENGTH, max_length)
+        if self._has_max_length():
+            return max_length if self._full_length else min(PROBE_LENGTH, max_length)
         return PROBE_LENGTH
+
+    def _has_max_length(self):
+        max_length = _config_of(self.model).get("max_sequence_length")
+        return isinstance(max_length, int) and max_length > 0
 
     def _embedding_vocabulary(self, key):
         consumers = self.roles.consumers
@@ -875,7 +917,7 @@ def resize_leaf_config(layer, dims):
         config["filters"] = out.target
     elif isinstance(layer, keras.layers.Embedding):
         config["output_dim"] = out.target
-    elif isinstance(layer, keras.layers.LayerNormalization):
+    elif isinstance(layer, keras.layers.LayerNormalization) or is_rms_norm(layer):
         config["epsilon"] = layer.epsilon * norm_variance_ratio(dims["input"])
     elif isinstance(layer, keras.layers.MultiHeadAttention):
         config["num_heads"] = dims["heads"].target
@@ -936,6 +978,21 @@ def _children(layer):
     return out
 
 
+def _child_pairs(source, target):
+    """`(attribute, source child, target child)`: sublayers paired by attribute.
+
+    A functional model's layers that are no attribute of it (keras-hub
+    backbones keep most of theirs only in the graph) are paired by name.
+    """
+    pairs = [(name, child, getattr(target, name, None)) for name, child in _children(source)]
+    if is_functional(source) and is_functional(target):
+        paired = {id(child) for _, child, _ in pairs}
+        by_name = {layer.name: layer for layer in target.layers}
+        pairs += [(layer.name, layer, by_name[layer.name]) for layer in source.layers
+                  if id(layer) not in paired and layer.name in by_name]
+    return pairs
+
+
 def _is_layer_list(value):
     return isinstance(value, (list, tuple)) and bool(value) and all(
         isinstance(v, keras.layers.Layer) or _is_layer_list(v) for v in value)
@@ -963,8 +1020,7 @@ def _pair(source, target, t, targets, block_list, specs):
         _pair_value(list(source.layers), list(target.layers), t, targets, block_list, specs,
                     where=f"{source.name}.layers")
         return
-    for name, child in _children(source):
-        other = getattr(target, name, None)
+    for name, child, other in _child_pairs(source, target):
         if block_list == (id(source), name):
             for index, target_child in enumerate(other):
                 _pair_value(child[specs[index].template], target_child, index, targets,

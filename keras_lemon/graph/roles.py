@@ -32,7 +32,10 @@ from keras_lemon.graph.feature_ops import touches_feature_axis
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.index_maps import FlattenedDim
 from keras_lemon.linearity import allows
+from keras_lemon.rules.core_layers import is_rms_norm
 from keras_lemon.rules.core_layers import normalized_dim
+from keras_lemon.rules.core_layers import rms_normalized_dim
+from keras_lemon.rules.core_layers import same_width_arguments
 from keras_lemon.rules.registry import ExpansionError
 from keras_lemon.rules.registry import get_kind
 from keras_lemon.rules.registry import get_rule
@@ -137,6 +140,7 @@ class GraphRoles:
         self.model_name = model_name
         self.classes = _UnionFind()
         self.norm_input = {}  # LN output class -> LN input class
+        self.rms_outputs = set()  # classes written by RMSNorms
         self.flatten_input = {}  # Flatten output class -> (outer, input class)
         self.pointwise = []  # (node, linearity)
         self.opaque = []
@@ -175,8 +179,48 @@ class GraphRoles:
                     self.shared_tops.append(top)
                 self.block_of_top.setdefault(id(top), b)
 
+    def block_of(self, node):
+        """The block an (inlined) node belongs to, or None.
+
+        The innermost enclosing call whose nodes all lie in one block decides:
+        a custom layer inside a block (DINOV2's LayerScale) belongs to that
+        block even when one top-level layer holds every block.
+        """
+        while node is not None:
+            blocks = self._blocks_under.get(id(node))
+            if blocks is not None and len(blocks) == 1:
+                return next(iter(blocks))
+            if blocks is not None:
+                return None
+            node = node.parent
+        return None
+
+    @functools.cached_property
+    def _blocks_under(self):
+        """`{id(node): blocks of the nodes traced inside it, or itself}`."""
+        under = {}
+        for b, block in enumerate(self.blocks):
+            for node in block.nodes:
+                while node is not None:
+                    under.setdefault(id(node), set()).add(b)
+                    node = node.parent
+        return under
+
     def cls(self, key):
         return self.classes.find(key)
+
+    @property
+    def stream_pattern(self):
+        """How the residual stream's extra units are filled.
+
+        `circular` for post-LN (whole copies only), `zero` for pre-norm models
+        whose norms reading the stream are all RMSNorms (zero extras keep
+        `mean(x^2)` up to a known factor), `average` for pre-LN LayerNorms.
+        """
+        if self.post_ln:
+            return "circular"
+        reading = {o for o, i in self.norm_input.items() if i in self.stream_classes}
+        return "zero" if reading and reading <= self.rms_outputs else "average"
 
     def size(self, key):
         return self.graph.shapes[key][-1]
@@ -215,12 +259,22 @@ class GraphRoles:
                 for size in shape[1:-1]:
                     outer *= size
                 self.flatten_input[node.outputs[0]] = (outer, node.inputs[0])
+            elif kind == "attention":
+                # Arguments projected by the query's kernels grow like the query.
+                query = node.argument(0, "query")
+                for name in same_width_arguments(node.operation):
+                    other = node.kwargs.get(name)
+                    if other is not None and query is not None:
+                        self.classes.union(id(other), id(query))
             elif kind == "normalization":
                 self.norm_input[node.outputs[0]] = node.inputs[0]
+                if is_rms_norm(node.operation):
+                    self.rms_outputs.add(node.outputs[0])
             elif kind == "opaque":
                 self.opaque.append(node)
         # Re-key the relations by class now that every union is done.
         self.norm_input = {self.cls(o): self.cls(i) for o, i in self.norm_input.items()}
+        self.rms_outputs = {self.cls(o) for o in self.rms_outputs}
         self.flatten_input = {self.cls(o): (n, self.cls(i)) for o, (n, i) in self.flatten_input.items()}
 
     def _compute_ancestors(self):
@@ -338,6 +392,11 @@ class GraphRoles:
                 return None
             if node_kind(node) in ("pointwise", "link") and node.inputs:
                 same = [k for k in node.inputs if self.cls(k) == self.cls(key)]
+                if len(same) > 1 and type(node.operation).__name__ == "Multiply":
+                    # A per-feature product with a weight of the layer's own
+                    # (DINOV2's LayerScale `x * lambda1`): follow the
+                    # computed operand; a zero branch stays zero through it.
+                    same = [k for k in same if k in self.producers]
                 if len(same) != 1:
                     return None
                 key = same[0]
@@ -400,7 +459,8 @@ class GraphRoles:
             if c in self.stream_classes:
                 result = stream
             elif c in self.norm_input:
-                result = normalized_dim(dim(self.norm_input[c]))
+                normalized = rms_normalized_dim if c in self.rms_outputs else normalized_dim
+                result = normalized(dim(self.norm_input[c]))
                 if result is None:
                     raise ExpansionError(
                         f"{self.model_name}: a LayerNormalization reads an "

@@ -19,14 +19,21 @@ that their roles can be inferred too:
 
 Tracing calls layers symbolically, which appends nodes to their
 `_inbound_nodes`; those lists are restored afterwards so that the traced
-model is left exactly as it was.
+model is left exactly as it was. A sublayer that returns `None` beside its
+tensors (keras-hub's DeiT blocks return `(x, None)` when no attention scores
+are asked for) works when Keras builds the model, whose nested calls are not
+symbolic, but not as a symbolic call: while tracing, such `None`s are left
+out of the recorded node.
 """
 
 import contextlib
 import dataclasses
+import inspect
 
 import keras
 import numpy as np
+from keras.src.layers import layer as keras_layer_module
+from keras.src.ops.node import Node as KerasNode
 
 from keras_lemon.graph.feature_ops import feature_behavior
 from keras_lemon.rules.registry import get_kind
@@ -141,7 +148,7 @@ class TensorGraph:
                 if isinstance(t, keras.KerasTensor)}
         self._parents.append(parent)
         try:
-            outputs = layer.call(*args, **kwargs)
+            outputs = layer.call(*args, **_accepted(layer.call, kwargs))
         finally:
             self._parents.pop()
         for node in _nodes_between(outputs, stop):
@@ -160,7 +167,8 @@ class TensorGraph:
         self.nodes.append(node)
         if should_inline(op):
             node.inlined = True
-            inner = keras.tree.flatten(self.trace(op, arguments.args, arguments.kwargs, node))
+            inner = [v for v in keras.tree.flatten(
+                self.trace(op, arguments.args, arguments.kwargs, node)) if v is not None]
             if len(inner) != len(node.outputs):
                 raise ValueError(
                     f"Tracing '{op.name}' ({type(op).__name__}) returned "
@@ -191,6 +199,7 @@ class TensorGraph:
                     self._record_eager(__sub, args, kwargs, result)
                 return result
 
+            call.__wrapped__ = original  # its signature is the original's
             sub.call = call
             wrapped.append(sub)
         try:
@@ -207,6 +216,21 @@ class TensorGraph:
             operation=layer, args=args, kwargs=kwargs, inputs=[],
             outputs=[self.key(v) for v in outputs], parent=self._parents[-1],
         ))
+
+
+def _accepted(call, kwargs):
+    """`kwargs` less those `call` does not take.
+
+    Keras drops `training` (and other call-context arguments) for a layer
+    whose `call` has no such parameter, but records them in the node.
+    """
+    try:
+        parameters = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in parameters}
 
 
 def _is_concrete(value):
@@ -259,6 +283,26 @@ def should_inline(op):
     return not type(op).__module__.startswith("keras.")
 
 
+class _NodeWithoutNone(KerasNode):
+    """A Keras `Node` that leaves `None` outputs out (see the module docstring)."""
+
+    def __init__(self, operation, call_args=None, call_kwargs=None, outputs=None):
+        if outputs is not None:
+            outputs = [x for x in keras.tree.flatten(outputs) if x is not None]
+        super().__init__(operation, call_args, call_kwargs, outputs)
+
+
+@contextlib.contextmanager
+def _nodes_without_none():
+    """Symbolic layer calls record `_NodeWithoutNone`s while the trace runs."""
+    original = keras_layer_module.Node
+    keras_layer_module.Node = _NodeWithoutNone
+    try:
+        yield
+    finally:
+        keras_layer_module.Node = original
+
+
 @contextlib.contextmanager
 def preserved_nodes(model):
     """Restores the node lists of every operation in `model` on exit."""
@@ -294,7 +338,7 @@ def trace_model(model, input_specs):
     graph = TensorGraph()
     graph.input_structure = input_specs
     graph.inputs = [graph.key(t) for t in keras.tree.flatten(input_specs)]
-    with preserved_nodes(model), graph.recording_eager_calls(model):
+    with preserved_nodes(model), graph.recording_eager_calls(model), _nodes_without_none():
         outputs = graph.trace(model, (input_specs,), {})
     graph.output_structure = outputs
     graph.outputs = [graph.key(t) for t in keras.tree.flatten(outputs)]

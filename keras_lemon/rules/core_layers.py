@@ -40,12 +40,100 @@ def normalized_dim(stream):
 
 
 def norm_variance_ratio(inp):
-    """`eta^2` of a LayerNorm reading `inp`: `k d / D` for an average stream, else 1.
+    """`eta^2` of a LayerNorm or RMSNorm reading `inp`: `k d / D` for an average
+    or zero-padded stream, else 1.
 
     A circular input (whole copies, or the inexact partial copies of
     `exact=False`) is normalized by plain tiling: gamma and epsilon unchanged.
     """
-    return inp.variance_ratio if inp.pattern == "average" else 1.0
+    return inp.variance_ratio if inp.pattern in ("average", "zero") else 1.0
+
+
+def rms_normalized_dim(stream):
+    """The pattern of an RMSNorm's output, given its input's; None if not exact.
+
+    RMSNorm divides by `sqrt(mean(x^2) + eps)`. Whole circular copies keep
+    `mean(x^2)`; zero extras scale it by `eta^2 = k d / D`, which `eps' =
+    eta^2 eps` and `gamma' = eta gamma` undo, and the extras normalize to 0.
+    An average extra adds `mean(x)^2` terms: no RMSNorm is exact there
+    (pre-RMSNorm models keep their stream zero-padded instead).
+    """
+    if stream.is_identity or stream.pattern == "zero" or (
+            stream.pattern == "circular" and (stream.extras == 0 or not stream.exact)):
+        return DimExpansion(stream.source, stream.target, "zero") \
+            if stream.pattern == "zero" and stream.extras else stream
+    return None
+
+
+def expand_rms_norm(layer, ctx, scale="scale", offset=0.0):
+    """An RMSNorm `x / sqrt(mean(x^2) + eps) * (offset + scale)` over the last axis.
+
+    Copies get `offset + scale' = eta (offset + scale)`; extras (zero input)
+    keep a random scale, their output being 0 anyway. Flags: `identity`
+    (a post-LN norm set to the identity scale for depth growth),
+    `output_scale` (tied output embeddings). The target layer's epsilon must
+    be `eta^2 eps` (checked against `layer.epsilon`, when it has one).
+
+    Args:
+        layer: the source layer; `scale` names its variable.
+        ctx: the `ExpansionContext`.
+        offset: 1.0 for Gemma-style norms that multiply by `1 + scale`.
+    """
+    inp = ctx.dims["input"]
+    out = rms_normalized_dim(inp)
+    if out is None:
+        raise ctx.error(
+            f"it is an RMSNorm and its input is expanded {inp.describe()}: average "
+            "extras change the mean of squares, so no RMSNorm can be exact. A "
+            "pre-norm model with RMSNorms keeps its stream zero-padded; a post-norm "
+            f"one needs a width that is a multiple of {inp.source}."
+        )
+    ratio = norm_variance_ratio(inp)
+    eps = getattr(layer, "epsilon", None)
+    if ctx.target is not None and eps is not None:
+        want = eps * ratio
+        if not math.isclose(ctx.target.epsilon, want, rel_tol=1e-6):
+            raise ctx.error(
+                f"the target epsilon is {ctx.target.epsilon}, but an exact expansion "
+                f"needs epsilon * k*d/D = {want}; the model's config must let the "
+                "epsilon of this norm change (or use a width that is a multiple of "
+                f"{inp.source})."
+            )
+    if ctx.flags.identity:
+        ctx.set(scale, np.full(inp.target, 1.0 - offset, np.float32), "identity scale")
+        return
+    eta = math.sqrt(ratio)
+    effective = ctx.source_value(scale) + offset
+    value = out.expand(effective) * eta * ctx.flags.output_scale
+    if out.pattern == "zero" and out.extras:
+        noise = ctx.noise(scale, (out.extras,), effective)
+        value[out.copies * out.source:] = np.mean(effective) + noise
+    ctx.set(scale, value - offset, f"copies x eta={eta:.4g}" + (", extras random" if out.extras else ""))
+
+
+@register_rule(keras.layers.RMSNormalization, kind="normalization")
+def expand_keras_rms_norm(layer, ctx):
+    """Keras' RMSNormalization over the last axis (see `expand_rms_norm`)."""
+    if len(np.atleast_1d(layer.axis)) != 1:
+        raise ctx.error(f"normalizes over axes {layer.axis}; only the feature axis is supported.")
+    expand_rms_norm(layer, ctx)
+
+
+def is_rms_norm(layer):
+    """True for a normalization whose rule is an RMSNorm's (registered with
+    `register_rms_norm`)."""
+    return isinstance(layer, tuple(RMS_NORMS))
+
+
+#: Layer classes that normalize by the root mean square (no centering).
+RMS_NORMS = [keras.layers.RMSNormalization]
+
+
+def register_rms_norm(layer_class):
+    """Marks a normalization class as an RMSNorm (its model's stream grows zero-padded)."""
+    if layer_class not in RMS_NORMS:
+        RMS_NORMS.append(layer_class)
+    return layer_class
 
 
 def _check_activation(layer, ctx, output):
@@ -198,6 +286,51 @@ def expand_conv2d(layer, ctx):
     ctx.fan_in("kernel", {2: inp}, {3: out})
     if layer.use_bias:
         ctx.fan_out("bias", {0: out})
+
+
+#: Attention layer class -> function(layer) -> (heads, key_dim, value_dim).
+_ATTENTION_SHAPES = {}
+#: Attention layer class -> call arguments read by the query's projections.
+_SAME_WIDTH_ARGUMENTS = {}
+
+
+def register_attention_shape(layer_class, shape, same_width_arguments=()):
+    """Tells the graph path the head count and sizes of an attention class.
+
+    Args:
+        layer_class: a layer registered with `kind="attention"`.
+        shape: function `layer -> (heads, key_dim, value_dim)`.
+        same_width_arguments: names of call arguments that the layer projects
+            with the same kernels as its input (DeBERTa's relative position
+            embeddings go through the query and key projections): they must
+            grow exactly as the input does.
+    """
+    _ATTENTION_SHAPES[layer_class] = shape
+    _SAME_WIDTH_ARGUMENTS[layer_class] = tuple(same_width_arguments)
+
+
+def same_width_arguments(layer):
+    """The call arguments of an attention layer that grow like its input."""
+    for cls in type(layer).__mro__:
+        if cls in _SAME_WIDTH_ARGUMENTS:
+            return _SAME_WIDTH_ARGUMENTS[cls]
+    return ()
+
+
+def attention_shape(layer):
+    """`(heads, key_dim, value_dim)` of an attention layer."""
+    for cls in type(layer).__mro__:
+        if cls in _ATTENTION_SHAPES:
+            return tuple(int(v) for v in _ATTENTION_SHAPES[cls](layer))
+    raise ValueError(
+        f"Attention layer '{layer.name}' ({type(layer).__name__}) has no registered "
+        "shape; call keras_lemon.rules.core_layers.register_attention_shape for its class."
+    )
+
+
+register_attention_shape(
+    keras.layers.MultiHeadAttention,
+    lambda layer: (layer.num_heads, layer.key_dim, layer.value_dim or layer.key_dim))
 
 
 @register_rule(keras.layers.MultiHeadAttention, kind="attention")

@@ -5,6 +5,7 @@ Block-level instructions come in `ctx.flags.block` (a
 `zero_output` (they cancel, or are zero for the baselines).
 """
 
+from keras_lemon.index_maps import DimExpansion
 from keras_lemon.rules.core_layers import normalized_dim
 
 
@@ -36,3 +37,25 @@ def expand_two_dense_ffn(ctx, first, second, normed, stream, flags):
     intermediate = ctx.dims["intermediate"]
     ctx.expand_sublayer(first, input=normed, output=intermediate)
     ctx.expand_sublayer(second, input=intermediate, output=stream, flags=flags)
+
+
+def expand_rotary_heads(layer, ctx, num_heads, head_size, projections, output):
+    """Self-attention whose q/k/v `Dense` layers write `heads * head_size` features.
+
+    The flattened axis holds whole heads (heads outermost), so copying heads
+    circularly is a circular copy of that axis. The head size must stay:
+    rotary position embeddings (and the `1/sqrt(head_size)` scale) are
+    computed over it.
+    """
+    heads, key = ctx.dims["heads"], ctx.dims["key_dim"]
+    if not key.is_identity:
+        raise ctx.error(
+            f"its rotary position embeddings are computed over the head size "
+            f"{head_size}, so the head size cannot grow ({key.describe()} asked); "
+            "let the heads grow with the width instead (leave heads=None)."
+        )
+    flat = DimExpansion(num_heads * head_size, heads.target * head_size, "circular")
+    for name in projections:
+        ctx.expand_sublayer(name, input=ctx.dims["input"], output=flat)
+    ctx.expand_sublayer(output, input=flat, output=ctx.dims["output"],
+                        flags={"zero_output": ctx.flags.zero_output})

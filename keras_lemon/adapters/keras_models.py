@@ -708,7 +708,10 @@ class KerasModelAdapter:
                 continue
             seen.add(k)
             for node in consumers.get(k, []):
-                if isinstance(node.operation, keras.layers.Embedding):
+                if isinstance(node.operation, keras.layers.Embedding) and not node.argument(1, "reverse"):
+                    # (A tied output projection, `embedding(x, reverse=True)`,
+                    # reads features, not ids: RoformerV2's mask positions
+                    # reach one only as gather indices.)
                     sizes.append(node.operation.input_dim)
                 elif node_kind(node) in ("pointwise", "link"):
                     frontier.extend(node.outputs)

@@ -60,3 +60,10 @@ def finish():
         "uninitialized_variables", [v for v in pending if v._value is None]
     )
     initialize_all_variables()
+
+
+def discard():
+    """Forgets the variables still deferred: a target built only for its sizes
+    (`expansion_plan`) is dropped without ever being initialized."""
+    if _SUPPORTED:
+        global_state.set_global_attribute("uninitialized_variables", [])

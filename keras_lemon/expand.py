@@ -5,16 +5,13 @@ import warnings
 import numpy as np
 
 from keras_lemon import deferred
-from keras_lemon.adapters import keras_hub_models
 from keras_lemon.depth import PLACEMENTS
 from keras_lemon.depth import depth_plan
 from keras_lemon.engine import ExpansionSession
 from keras_lemon.plan import ExpansionPlan
 from keras_lemon.sizes import resolve_sizes
-from keras_lemon.sizes import transformer_dims
 from keras_lemon.support import explaining
 from keras_lemon.support import graph_adapter
-from keras_lemon.support import is_family_model
 
 METHODS = ("lemon", "net2net", "zero_blocks")
 
@@ -24,21 +21,6 @@ def _check_options(method, placement):
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
-
-
-def _prepare(model, hidden, layers, heads, intermediate, placement, method, exact=True):
-    _check_options(method, placement)
-    family = keras_hub_models.find_family(model)
-    backbone = getattr(model, "backbone", model)
-    source = family.sizes(backbone)
-    target = resolve_sizes(
-        source, hidden=hidden, layers=layers, heads=heads,
-        intermediate=intermediate, post_ln=family.post_ln,
-        model_name=f"{type(model).__name__} '{model.name}' ({family.name})", exact=exact,
-    )
-    dims = transformer_dims(source, target, family.stream_pattern, exact)
-    depth = depth_plan(source.layers, target.layers, placement)
-    return family, source, target, dims, depth
 
 
 def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method,
@@ -60,9 +42,10 @@ def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method
     return adapter, source, target, dims, depth
 
 
-def _job_path(job):
-    prefix = "" if job.block is None else f"block_{job.block}/"
-    return prefix + job.key_layer.name
+def _job_path(target_layer):
+    """The target layer's path: plan rows name the target's variables, and the
+    random draws are seeded by it (same seed, same weights, on every backend)."""
+    return getattr(target_layer, "path", None) or target_layer.name
 
 
 def expansion_plan(model, *, hidden=None, layers=None, heads=None,
@@ -89,21 +72,23 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
     4
     """
     session = ExpansionSession(method, seed=0, planning=True)
-    if is_family_model(model):
-        family, source, target, dims, depth = _prepare(
-            model, hidden, layers, heads, intermediate, placement, method, exact
-        )
-        family.expand(session, model, None, dims, depth)
-    else:
-        adapter, source, target, dims, depth = _prepare_graph(
-            model, hidden, layers, heads, intermediate, placement, method,
-            config_keys, sample_inputs, exact,
-        )
-        with explaining(model):
-            for job in adapter.jobs(dims, depth):
-                session.expand_layer(job.source, None, _job_path(job), job.dims, job.flags,
-                                     rule=job.rule)
-        dims = {k: v for k, v in dims.items() if k != "ffn"}
+    adapter, source, target, dims, depth = _prepare_graph(
+        model, hidden, layers, heads, intermediate, placement, method,
+        config_keys, sample_inputs, exact,
+    )
+    with explaining(model):
+        # The rebuilt model may size some layers itself (keras-hub's pooler
+        # and MLM head are Dense(hidden_dim)): build it once, uninitialized,
+        # to plan with the sizes expand_model will find.
+        try:
+            _, targets = adapter.build_target(dims, target, depth)
+            adapter.fit_to_targets(targets)
+        finally:
+            deferred.discard()
+        for job in adapter.jobs(dims, depth):
+            path = _job_path(adapter.target_layer(targets, job))
+            session.expand_layer(job.source, None, path, job.dims, job.flags, rule=job.rule)
+    dims = {k: v for k, v in dims.items() if k != "ffn"}
     return ExpansionPlan(
         model_class=type(model).__name__,
         source_sizes=source.as_dict(),
@@ -132,17 +117,17 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     The source model is never modified.
 
     Args:
-        model: a keras-hub `BertBackbone`, `BertMaskedLM`, `BertTextClassifier`,
-            `ViTBackbone` or `ViTImageClassifier` (family adapters); another
-            keras-hub backbone the census supports (`RobertaBackbone`,
-            `XLMRobertaBackbone`, `DistilBertBackbone`, `ElectraBackbone`,
-            `DebertaV3Backbone`, `RoformerV2Backbone`, `DeiTBackbone`,
-            `DINOV2Backbone`, the CLIP/MetaCLIP2 encoders, ...: traced and
-            rebuilt from its config, see `keras_lemon.support`); or a built `keras.Model` of your own,
-            functional (nested models and custom layers inside allowed) or
-            subclassed (rebuilt with `from_config`), whose roles are inferred
-            from its graph (see `keras_lemon.adapters.keras_models`).
-            Other keras-hub classes are refused with their reason.
+        model: a keras-hub backbone the census supports (`BertBackbone`,
+            `RobertaBackbone`, `DebertaV3Backbone`, `ViTBackbone`,
+            `DINOV2Backbone`, the CLIP/SigLIP encoders, ...) or one of its
+            tasks (`*MaskedLM`, `*TextClassifier`, `*ImageClassifier`), or a
+            built `keras.Model` of your own, functional (nested models and
+            custom layers inside allowed) or subclassed (rebuilt with
+            `from_config`). All go one way: traced, their roles inferred
+            from the graph, rebuilt from their config, written by the layer
+            rules (see `keras_lemon.support` and
+            `keras_lemon.adapters.keras_models`). Other keras-hub classes are
+            refused with their reason.
         hidden: int. Target hidden size (default: unchanged). Post-LN models
             (BERT) need a multiple of the source's; pre-LN (ViT) any larger.
         layers: int. Target number of blocks (default: unchanged).
@@ -214,19 +199,6 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
     session = ExpansionSession(method, seed, progress=progress)
-    if is_family_model(model):
-        family, source, target, dims, depth = _prepare(
-            model, hidden, layers, heads, intermediate, placement, method, exact
-        )
-        new_model = family.build_and_expand(session, model, target, dims, depth)
-        session.check_complete(new_model)
-        if verify:
-            probe = family.probe_inputs(model) if sample_inputs is None else sample_inputs
-            if is_inexact(dims):
-                _report_inexact(model, family.verify(model, new_model, probe, np.inf))
-            else:
-                family.verify(model, new_model, probe)
-        return new_model
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
         config_keys, sample_inputs, exact,
@@ -239,8 +211,9 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
                 jobs = adapter.jobs(dims, depth)
             session.expect(len(new_model.weights))
             for job in jobs:
-                session.expand_layer(job.source, adapter.target_layer(targets, job),
-                                     _job_path(job), job.dims, job.flags, rule=job.rule)
+                target_layer = adapter.target_layer(targets, job)
+                session.expand_layer(job.source, target_layer, _job_path(target_layer),
+                                     job.dims, job.flags, rule=job.rule)
     finally:
         deferred.finish()
     session.check_complete(new_model)

@@ -6,7 +6,7 @@ import numpy as np
 from keras_lemon.rules.registry import ExpansionError
 
 # English sentences for a probe batch of real text (tokenized with the
-# model's own tokenizer, see `KerasHubFamily.probe_inputs`): real token
+# model's own tokenizer, see `keras_lemon.support.GraphFamily.probe_inputs`): real token
 # statistics reach parts of the embedding tables random ids rarely do.
 PROBE_SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",

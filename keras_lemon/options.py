@@ -2,7 +2,6 @@
 
 import dataclasses
 
-from keras_lemon.adapters import keras_hub_models
 from keras_lemon.adapters.keras_models import is_functional
 from keras_lemon.adapters.keras_models import is_keras_hub_model
 from keras_lemon.depth import PLACEMENTS
@@ -94,18 +93,13 @@ def expansion_options(model, *, config_keys=None, sample_inputs=None):
     >>> options.post_ln, options.widths, options.heads_by_width[64]
     (True, (64, 96, 128), [2, 4])
     """
-    family = keras_hub_models.find_family(model)
-    if family is not None:
-        sizes = family.sizes(getattr(model, "backbone", model))
-        name, post_ln, tied = family.name, family.post_ln, True
+    adapter = graph_adapter(model, config_keys, sample_inputs)
+    sizes = adapter.transformer_sizes()
+    post_ln, tied = adapter.roles.post_ln, adapter.source_sizes["tied_heads"]
+    if is_keras_hub_model(model):
+        name = f"keras-hub {type(model).__name__} ({'post-LN' if post_ln else 'pre-LN'})"
     else:
-        adapter = graph_adapter(model, config_keys, sample_inputs)
-        sizes = adapter.transformer_sizes()
-        post_ln, tied = adapter.roles.post_ln, adapter.source_sizes["tied_heads"]
-        if is_keras_hub_model(model):
-            name = f"keras-hub {type(model).__name__} ({'post-LN' if post_ln else 'pre-LN'}, general path)"
-        else:
-            name = f"{'functional' if is_functional(model) else 'subclassed'} keras.Model"
+        name = f"{'functional' if is_functional(model) else 'subclassed'} keras.Model"
     widths = tuple(sizes.hidden * k for k in (2, 3, 4))
     return ExpansionOptions(
         model_class=type(model).__name__,

@@ -1,8 +1,6 @@
-"""Resolving requested sizes into target sizes and the roles of dimensions."""
+"""Resolving requested sizes into target sizes."""
 
 import dataclasses
-
-from keras_lemon.index_maps import DimExpansion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,19 +103,3 @@ def valid_heads(source, hidden):
     """
     return [n for n in range(source.heads, hidden + 1)
             if hidden % n == 0 and hidden // n >= source.head_dim]
-
-
-def transformer_dims(source, target, stream_pattern, exact=True):
-    """Roles of a transformer's dimensions (`DimExpansion` each).
-
-    `stream` uses `stream_pattern` ("average" for pre-LN, "circular" for
-    post-LN; `exact=False` marks a post-LN stream that may be inexact);
-    heads, head sizes and the FFN width are circular.
-    """
-    return {
-        "stream": DimExpansion(source.hidden, target.hidden, stream_pattern, exact),
-        "heads": DimExpansion(source.heads, target.heads, "circular"),
-        "key_dim": DimExpansion(source.head_dim, target.head_dim, "circular"),
-        "value_dim": DimExpansion(source.head_dim, target.head_dim, "circular"),
-        "intermediate": DimExpansion(source.intermediate, target.intermediate, "circular"),
-    }

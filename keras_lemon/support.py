@@ -1,9 +1,8 @@
 """Which models keras_lemon can expand, and the one place that says so.
 
-`graph_adapter` is the single entry for every model that has no keras-hub
-family adapter (`keras_lemon.adapters.keras_hub_models`): users' functional
-and subclassed models and keras-hub backbones alike are traced and their
-roles inferred (`keras_lemon.adapters.keras_models`). keras-hub classes known
+`graph_adapter` is the single entry for every model: users' functional and
+subclassed models and keras-hub backbones and tasks alike are traced and
+their roles inferred (`keras_lemon.adapters.keras_models`). keras-hub classes known
 not to be expandable exactly are refused up front with their reason
 (`CLASS_REFUSALS`); anything else that goes wrong while analysing a keras-hub
 model becomes a `ValueError` naming the class instead of an error from deep
@@ -16,7 +15,6 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_lemon.adapters import keras_hub_models
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import PROBE_SENTENCES
 from keras_lemon.lossless import check_lossless
@@ -125,13 +123,12 @@ CLASS_REFUSALS = {
 
 def supported_summary():
     """One sentence listing what is supported, for error messages."""
-    families = ", ".join(keras_hub_models.supported_classes())
-    return (f"supported: {families}; RobertaBackbone, XLMRobertaBackbone, DistilBertBackbone, "
-            "DebertaV3Backbone, RoformerV2Backbone (and their MaskedLM and TextClassifier "
-            "tasks), ElectraBackbone, DeiTBackbone (and DeiTImageClassifier), "
-            "DINOV2Backbone, the CLIP and MetaCLIP2 vision and text encoders, the SigLIP "
-            "text encoder, and in width only AlbertBackbone, through the general path; "
-            "your own functional or subclassed transformers (see the README's census table)")
+    return ("supported: BertBackbone, RobertaBackbone, XLMRobertaBackbone, "
+            "DistilBertBackbone, DebertaV3Backbone, RoformerV2Backbone (and their MaskedLM "
+            "and TextClassifier tasks), ElectraBackbone, ViTBackbone and DeiTBackbone (and "
+            "their ImageClassifier tasks), DINOV2Backbone, the CLIP, MetaCLIP2 and SigLIP "
+            "vision and text encoders, and in width only AlbertBackbone; your own functional "
+            "or subclassed transformers (see the README's census table)")
 
 
 def refusal(model):
@@ -207,17 +204,10 @@ def graph_adapter(model, config_keys=None, sample_inputs=None):
         return KerasModelAdapter(model, config_keys, sample_inputs)
 
 
-def is_family_model(model):
-    """True for a model with its own keras-hub family adapter (BERT, ViT)."""
-    return keras_hub_models.find_family(model) is not None
-
-
 class GraphFamily:
     """What the preset path needs of a keras-hub backbone on the general path.
 
-    The same interface as `keras_hub_models.KerasHubFamily` (sizes, probe,
-    verify), answered from the traced graph instead of a hand-written
-    adapter. `tasks` holds keras-hub's task classes for the backbone (those
+    Its sizes, probe batch and lossless check, answered from the traced graph. `tasks` holds keras-hub's task classes for the backbone (those
     the census does not list as expanding raise their reason when expanded).
 
     Args:
@@ -255,12 +245,16 @@ class GraphFamily:
         text = {"token_ids": token_ids, "padding_mask": padding_mask}
         if "segment_ids" in inputs:
             text["segment_ids"] = np.zeros_like(token_ids)
+        if "mask_positions" in inputs:  # a masked LM: predict the first few tokens
+            count = np.shape(inputs["mask_positions"])[1]
+            positions = np.arange(1, count + 1, dtype="int32") % length
+            text["mask_positions"] = np.tile(positions, (len(rows), 1))
         return text
 
     @staticmethod
     def _reads_text(inputs, tokenizer):
         return tokenizer is not None and isinstance(inputs, dict) \
-            and set(inputs) <= {"token_ids", "padding_mask", "segment_ids"} \
+            and set(inputs) <= {"token_ids", "padding_mask", "segment_ids", "mask_positions"} \
             and {"token_ids", "padding_mask"} <= set(inputs)
 
     def probe_description(self, tokenizer=None, model=None):
@@ -269,7 +263,7 @@ class GraphFamily:
             return (f"{len(PROBE_SENTENCES)} English sentences "
                     "(keras_lemon.lossless.PROBE_SENTENCES)")
         return ("2 random inputs (seed 0): token ids with the second sequence padded, "
-                "or standard normal pixels")
+                "or images of standard normal pixels")
 
     def verify(self, source, model, inputs, tolerance=1e-4):
         """Max |diff| / max |output| of `model` against `source`; raises above `tolerance`.
@@ -302,14 +296,11 @@ def _subclasses(cls):
 
 
 def family_for_class(backbone_class):
-    """The family adapter of a keras-hub backbone class, or its `GraphFamily`.
+    """The `GraphFamily` of a keras-hub backbone class.
 
     Raises:
         ValueError: for a class refused by `CLASS_REFUSALS`, with its reason.
     """
-    family = keras_hub_models.family_for_class(backbone_class)
-    if family is not None:
-        return family
     reason = _class_refusal(backbone_class)
     if reason is not None:
         raise ExpansionError(

@@ -69,7 +69,7 @@ def test_inspect_keras_and_hugging_face_presets(tmp_path, capsys):
     code, out, err = run(["inspect", src], capsys)
     assert code == 0, err
     assert f"preset: {src} (keras format) with BertMaskedLMPreprocessor" in out
-    assert "model: BertMaskedLM (BERT (post-LN))" in out
+    assert "model: BertMaskedLM (keras-hub BertMaskedLM (post-LN))" in out
     assert "layer norm: post-LN" in out
     assert "sizes: layers 2, hidden 16, heads 2 of size 8, intermediate 32" in out
     assert "hidden: multiples of 16" in out and "32, 48, 64" in out
@@ -128,7 +128,7 @@ def test_existing_destination(tmp_path, capsys):
 def test_not_lossless_exits_1_and_writes_nothing(tmp_path, capsys, monkeypatch):
     src, dst = str(tmp_path / "small"), str(tmp_path / "big")
     bert_backbone_preset(src)
-    monkeypatch.setattr(keras_lemon.adapters.keras_hub_models.KerasHubFamily, "verify",
+    monkeypatch.setattr(keras_lemon.support.GraphFamily, "verify",
                         lambda *a, **k: (_ for _ in ()).throw(
                             keras_lemon.ExpansionError("not lossless on a probe batch")))
     code, _, err = run(["expand", src, dst, "--hidden", "32"], capsys)

@@ -196,20 +196,3 @@ def test_expand_preset_from_a_hugging_face_distilbert_directory(tmp_path):
     assert keras_hub.models.DistilBertBackbone.from_preset(str(tmp_path / "dst")).num_layers == 3
     assert keras_hub.models.Tokenizer.from_preset(str(tmp_path / "dst")) is not None
     assert tree_digest(src) == before
-
-
-@pytest.mark.parametrize("name", ["BertBackbone", "BertMaskedLM", "BertTextClassifier"])
-def test_the_general_path_alone_reproduces_bert(name, make_model):
-    """With the BERT family adapter out of the way, the traced path is exact too.
-
-    (The adapters stay until `expand_speed.py` is re-run without them: see
-    the README's census section; ViT's counterpart is in test_more_families.)
-    """
-    from unittest import mock
-
-    from keras_lemon import expand
-
-    with mock.patch.object(expand, "is_family_model", lambda model: False):
-        for request_ in (dict(hidden=32), dict(hidden=48, layers=5)):
-            status, error = check_request(make_model(name), request_)
-            assert status == "yes", error

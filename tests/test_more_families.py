@@ -9,16 +9,15 @@
   tied embedding.
 - DeBERTaV3: disentangled attention whose relative position table goes
   through the query and key projections.
-- CLIP / MetaCLIP2 vision and text encoders, the SigLIP text encoder
-  (runs only at its full sequence length).
+- CLIP / MetaCLIP2 / SigLIP vision and text encoders (SigLIP's text encoder
+  runs only at its full sequence length; its vision encoder pools with a
+  learned probe query and a residual head outside the blocks).
 - Keras' own `RMSNormalization` in a user's pre-norm model: the stream grows
   zero-padded, so any width is exact.
 
 All weights randomized; `census.check_request` compares with the source at
 `TOLERANCE` and checks the source is unchanged.
 """
-
-from unittest import mock
 
 import keras
 import keras_hub
@@ -32,7 +31,6 @@ from conftest import relative_error
 
 import keras_lemon
 from keras_lemon import DimExpansion
-from keras_lemon import expand
 
 CASES = {
     "width_x2": dict(hidden=32),
@@ -94,16 +92,15 @@ def test_post_norm_non_multiple_is_refused(name):
         keras_lemon.expand_model(build(name), hidden=24)
 
 
-def test_vit_through_the_general_path():
+def test_vit_blocks_in_a_nested_list():
     """ViT's blocks sit in `ViTEncoder.encoder_layers`: the general path pairs them."""
-    with mock.patch.object(expand, "is_family_model", lambda model: False):
-        for request_ in (dict(hidden=24, layers=5), dict(hidden=32, heads=2)):
-            status, error = check_request(build("ViTBackbone"), request_)
-            assert status == "yes", error
-        classifier = randomize(keras_hub.models.ViTImageClassifier(
-            build("ViTBackbone"), num_classes=3, pooling="gap", intermediate_dim=8), 1)
-        status, error = check_request(classifier, dict(hidden=24, layers=3))
+    for request_ in (dict(hidden=24, layers=5), dict(hidden=32, heads=2)):
+        status, error = check_request(build("ViTBackbone"), request_)
         assert status == "yes", error
+    classifier = randomize(keras_hub.models.ViTImageClassifier(
+        build("ViTBackbone"), num_classes=3, pooling="gap", intermediate_dim=8), 1)
+    status, error = check_request(classifier, dict(hidden=24, layers=3))
+    assert status == "yes", error
 
 
 VISION = dict(patch_size=4, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
@@ -112,7 +109,7 @@ TEXT = dict(vocabulary_size=50, embedding_dim=16, hidden_dim=16, num_layers=2, n
             intermediate_dim=32, max_sequence_length=12)
 ENCODERS = {"CLIPVisionEncoder": VISION, "CLIPTextEncoder": TEXT,
             "MetaCLIP2VisionEncoder": VISION, "MetaCLIP2TextEncoder": TEXT,
-            "SigLIPTextEncoder": TEXT}
+            "SigLIPVisionEncoder": VISION, "SigLIPTextEncoder": TEXT}
 
 
 def _encoder(name):

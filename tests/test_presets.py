@@ -20,9 +20,12 @@ from preset_builders import tree_digest
 from preset_builders import vit_classifier_preset
 
 import keras_lemon
-from keras_lemon.adapters.keras_hub_models import BERT
-from keras_lemon.adapters.keras_hub_models import VIT
+from keras_lemon.adapters.keras_models import KerasModelAdapter
 from keras_lemon.presets import METADATA_KEY
+from keras_lemon.support import GraphFamily
+
+BERT = GraphFamily(keras_hub.models.BertBackbone)
+VIT = GraphFamily(keras_hub.models.ViTBackbone)
 
 
 def _leftovers(parent, name):
@@ -193,9 +196,9 @@ def test_expand_model_verifies_keras_hub_models(monkeypatch):
     source = bert_backbone()
     big = keras_lemon.expand_model(source, hidden=32, seed=0)  # verify=True by default passes
     assert big.hidden_dim == 32
-    original = keras_lemon.adapters.keras_hub_models.KerasHubFamily.verify
+    original = KerasModelAdapter.verify
     seen = []
-    monkeypatch.setattr(keras_lemon.adapters.keras_hub_models.KerasHubFamily, "verify",
+    monkeypatch.setattr(KerasModelAdapter, "verify",
                         lambda self, *a, **k: seen.append(original(self, *a, **k)))
     keras_lemon.expand_model(source, hidden=32, seed=0)
     keras_lemon.expand_model(source, hidden=32, seed=0, verify=False)

@@ -483,7 +483,8 @@ class KerasModelAdapter:
                 key = id(var)
                 if key in self.graph.shapes:
                     d = dim_of(key)
-                elif var.shape and var.shape[-1] == dims["stream"].source:
+                elif var.shape and var.shape[-1] == dims["stream"].source \
+                        and "float" in str(var.dtype):
                     # Used through ops on constants (e.g. a class token
                     # broadcast to the batch): such tables write the stream.
                     d = dims["stream"]

@@ -266,16 +266,28 @@ class GraphRoles:
                     other = node.kwargs.get(name)
                     if other is not None and query is not None:
                         self.classes.union(id(other), id(query))
+                value = node.argument(1, "value")
+                if query is not None and value is not None and self._learned(id(query)):
+                    # A learned query (SigLIP's pooling probe) is read by the
+                    # same kind of projection as the keys: it grows like them.
+                    self.classes.union(id(query), id(value))
             elif kind == "normalization":
                 self.norm_input[node.outputs[0]] = node.inputs[0]
                 if is_rms_norm(node.operation):
                     self.rms_outputs.add(node.outputs[0])
             elif kind == "opaque":
                 self.opaque.append(node)
+        for constant, variable in self.graph.variable_of_constant.items():
+            self.classes.union(variable, constant)
         # Re-key the relations by class now that every union is done.
         self.norm_input = {self.cls(o): self.cls(i) for o, i in self.norm_input.items()}
         self.rms_outputs = {self.cls(o) for o in self.rms_outputs}
         self.flatten_input = {self.cls(o): (n, self.cls(i)) for o, (n, i) in self.flatten_input.items()}
+
+    def _learned(self, key):
+        """A tensor made of weights alone: a constant or a variable, no node's output."""
+        return key in self.graph.constants or (
+            key not in self.producers and key not in self.graph.inputs)
 
     def _compute_ancestors(self):
         ancestors = {}
@@ -407,10 +419,20 @@ class GraphRoles:
     # --- blocks --------------------------------------------------------------
 
     def _group_blocks(self):
-        units = self.units
-        for a, b in zip(units, units[1:]):
-            if b.skip != a.output and not self._same_tensor(a.output, b.skip):
-                return []
+        # Units that feed each other form chains; the blocks are the longest
+        # chain (a pooling head with a residual of its own, as SigLIP's
+        # vision encoder has, stays outside). Two chains of the same length
+        # (two stacks) leave no blocks: which one to deepen is not clear.
+        chains = [[self.units[0]]]
+        for a, b in zip(self.units, self.units[1:]):
+            if b.skip == a.output or self._same_tensor(a.output, b.skip):
+                chains[-1].append(b)
+            else:
+                chains.append([b])
+        lengths = sorted((len(c) for c in chains), reverse=True)
+        if len(lengths) > 1 and lengths[0] == lengths[1]:
+            return []
+        units = max(chains, key=len)
         signatures = [u.signature() for u in units]
         n = len(units)
         for period in range(1, n + 1):

@@ -96,6 +96,8 @@ class TensorGraph:
         self._keep = []
         self._eager = {}
         self.constants = {}  # key -> a constant array used by an operation
+        self.variables = []  # the traced model's variables
+        self.variable_of_constant = {}  # constant key -> key of the variable it repeats
         self._parents = [None]
 
     def key(self, value):
@@ -120,8 +122,33 @@ class TensorGraph:
             return False
         if len(value.shape) < 1 or "float" not in str(value.dtype):
             return False
-        self.constants[self.key(value)] = value
+        key = self.key(value)
+        self.constants[key] = value
+        variable = self._variable_broadcast_to(value)
+        if variable is not None:
+            self.variable_of_constant[key] = self.key(variable)
         return True
+
+    def _variable_broadcast_to(self, value):
+        """The model variable that `value` merely broadcasts, or None.
+
+        A learned token repeated over the batch while tracing
+        (`ops.repeat(self.probe, batch, axis=0)` in SigLIP's attention
+        pooling, `ops.tile(self.class_token, ...)` in DeiT) becomes a
+        constant; its numbers say which variable it is, so the variable
+        grows with the activation the constant joins.
+        """
+        array = None
+        for variable in self.variables:
+            if len(variable.shape) != len(value.shape) or any(
+                    v not in (1, c) for v, c in zip(variable.shape, value.shape)):
+                continue
+            if array is None:
+                array = np.asarray(keras.ops.convert_to_numpy(value))
+            source = keras.ops.convert_to_numpy(variable)
+            if np.array_equal(np.broadcast_to(source, array.shape), array):
+                return variable
+        return None
 
     def producers(self):
         """Map tensor key -> the (non-inlined) node that produces it."""
@@ -336,6 +363,7 @@ def trace_model(model, input_specs):
         A `TensorGraph`.
     """
     graph = TensorGraph()
+    graph.variables = list(model.weights)
     graph.input_structure = input_specs
     graph.inputs = [graph.key(t) for t in keras.tree.flatten(input_specs)]
     with preserved_nodes(model), graph.recording_eager_calls(model), _nodes_without_none():

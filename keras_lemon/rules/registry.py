@@ -120,17 +120,11 @@ class LayerFlags:
     loudly instead of being ignored.
 
     Attributes:
-        block: `keras_lemon.depth.BlockSpec` of the transformer block being
-            expanded (None outside blocks).
-        depth: list of `BlockSpec`, for a layer that holds all the blocks
-            (keras-hub's `ViTEncoder`).
         zero_output: a new block's output projection: it must output 0
             (cancelling weights for `"lemon"`, zeros for the baselines).
         identity: a post-LN LayerNorm set to gamma 1, beta 0 (depth growth).
         output_scale: multiplies a LayerNorm's gamma and beta (tied output
             embeddings: 1 / the number of copies).
-        output_norm_layer: the source layer whose output LayerNorm a post-LN
-            block carries (the anchor of a chain of new blocks).
         fan_in, fan_out: `{kernel axis: DimExpansion}` of an `EinsumDense`,
             named by the layer that owns it (attention).
         scale: multiplies an `EinsumDense`'s result (the query when the
@@ -139,12 +133,9 @@ class LayerFlags:
             layer or model creates itself.
     """
 
-    block: object = None
-    depth: list = None
     zero_output: bool = False
     identity: bool = False
     output_scale: float = 1.0
-    output_norm_layer: object = None
     fan_in: dict = None
     fan_out: dict = None
     scale: float = 1.0

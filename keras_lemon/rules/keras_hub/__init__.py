@@ -3,4 +3,3 @@
 from keras_lemon.rules.keras_hub import deberta_v3  # noqa: F401
 from keras_lemon.rules.keras_hub import modeling  # noqa: F401
 from keras_lemon.rules.keras_hub import roformer_v2  # noqa: F401
-from keras_lemon.rules.keras_hub import vit  # noqa: F401

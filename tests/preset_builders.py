@@ -143,6 +143,46 @@ def hf_distilbert_directory(directory, seed=0, layers=2, hidden=16, heads=2, int
     return _write_hf_directory(directory, tensors, config, "DistilBertTokenizer")
 
 
+def hf_deit_directory(directory, seed=0, layers=2, hidden=16, heads=2, intermediate=32,
+                      image_size=8, patch_size=4):
+    """Writes a DeiT in Hugging Face layout (`DeiTModel` key names, `deit.` prefix).
+
+    A convolution's weight is (out, in, kh, kw); the class, distillation and
+    position tables are (1, tokens, hidden).
+    """
+    os.makedirs(directory, exist_ok=True)
+    normal, layer_norm, linear = _hf_weight_makers(np.random.default_rng(seed), hidden)
+    patches = (image_size // patch_size) ** 2
+    tensors = {
+        "deit.embeddings.patch_embeddings.projection.weight": normal(hidden, 3, patch_size,
+                                                                    patch_size),
+        "deit.embeddings.patch_embeddings.projection.bias": normal(hidden),
+        "deit.embeddings.cls_token": normal(1, 1, hidden),
+        "deit.embeddings.distillation_token": normal(1, 1, hidden),
+        "deit.embeddings.position_embeddings": normal(1, patches + 2, hidden),
+        **layer_norm("deit.layernorm"),
+    }
+    for i in range(layers):
+        p = f"deit.encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            tensors.update(linear(f"{p}.attention.attention.{name}", hidden, hidden))
+        tensors.update(linear(f"{p}.attention.output.dense", hidden, hidden))
+        tensors.update(layer_norm(f"{p}.layernorm_before"))
+        tensors.update(layer_norm(f"{p}.layernorm_after"))
+        tensors.update(linear(f"{p}.intermediate.dense", hidden, intermediate))
+        tensors.update(linear(f"{p}.output.dense", intermediate, hidden))
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    config = {
+        "architectures": ["DeiTModel"], "model_type": "deit", "image_size": image_size,
+        "patch_size": patch_size, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "hidden_size": hidden, "intermediate_size": intermediate, "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12, "num_channels": 3,
+    }
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    return directory
+
+
 def tree_digest(directory):
     """{relative path: bytes} of every file under `directory` (to show it is unchanged)."""
     files = {}

@@ -184,3 +184,31 @@ def test_pre_rms_norm_model_any_width(request_):
     error = relative_error(keras.ops.convert_to_numpy(model(tokens)).astype("float64"),
                            keras.ops.convert_to_numpy(big(tokens)).astype("float64"))
     assert error <= TOLERANCE, error
+
+
+def test_expand_preset_from_a_hugging_face_deit_directory(tmp_path):
+    """keras-hub's DeiT converter reads it; the expansion is a Keras preset, checked on reload."""
+    from preset_builders import hf_deit_directory
+    from preset_builders import tree_digest
+
+    src = hf_deit_directory(str(tmp_path / "hf"))
+    before = tree_digest(src)
+    big = keras_lemon.expand_preset(src, str(tmp_path / "dst"), hidden=24, layers=3, seed=0)
+    assert isinstance(big, keras_hub.models.DeiTBackbone) and big.hidden_dim == 24
+    record = keras_lemon.read_expansion(str(tmp_path / "dst"))
+    assert record["source_format"] != "keras" and record["lossless_error"] <= TOLERANCE
+    assert keras_hub.models.DeiTBackbone.from_preset(str(tmp_path / "dst")).num_layers == 3
+    assert tree_digest(src) == before
+
+
+@pytest.mark.parametrize("task,backbone", [("DebertaV3MaskedLM", "DebertaV3Backbone"),
+                                           ("RoformerV2TextClassifier", "RoformerV2Backbone")])
+def test_expand_preset_of_local_keras_task_presets(tmp_path, task, backbone):
+    task_class = getattr(keras_hub.models, task)
+    kwargs = {"num_classes": 3} if "Classifier" in task else {}
+    source = randomize(task_class(build(backbone), **kwargs), 1)
+    source.save_to_preset(str(tmp_path / "src"))
+    big = keras_lemon.expand_preset(str(tmp_path / "src"), str(tmp_path / "dst"),
+                                    hidden=32, layers=3, seed=0)
+    assert type(big) is task_class and big.backbone.hidden_dim == 32
+    assert keras_lemon.read_expansion(str(tmp_path / "dst"))["lossless_error"] <= TOLERANCE

@@ -10,7 +10,7 @@ cases on every run and backend) with no example database.
 Families: users' graphs (keras.io-style functional pre-LN ViT, functional
 post-LN BERT masked LM, a subclassed pre-LN encoder, keras.io's text
 classification Transformer as published) and keras-hub backbones from the
-census (RoBERTa, DistilBERT, ELECTRA post-LN; ViT pre-LN).
+census (RoBERTa, DistilBERT, ELECTRA, DeBERTaV3 post-LN; ViT, DeiT pre-LN).
 """
 
 import keras
@@ -53,9 +53,13 @@ USER_FAMILIES = {
         vocab_size=40, embed_dim=h, num_heads=n, ff_dim=f, blocks=L), token_inputs, True),
 }
 HUB_FAMILIES = {
+    # name: post-LN
     "RobertaBackbone": True, "DistilBertBackbone": True, "ElectraBackbone": True,
-    "ViTBackbone": False,
+    "DebertaV3Backbone": True, "ViTBackbone": False, "DeiTBackbone": False,
 }
+#: Families whose head size must stay (DeBERTa's score scale depends on it):
+#: an explicit head count that changes it is refused.
+FIXED_HEAD_SIZE = {"DebertaV3Backbone"}
 
 
 @st.composite
@@ -122,6 +126,10 @@ def test_keras_hub_backbones(family, case):
     config = dict(num_layers=layers, num_heads=heads, hidden_dim=hidden, intermediate_dim=ffn)
     if family == "ViTBackbone":
         config.update(image_shape=(8, 8, 3), patch_size=4, mlp_dim=config.pop("intermediate_dim"))
+    elif family == "DeiTBackbone":
+        config.update(image_shape=(8, 8, 3), patch_size=4)
+    elif family == "DebertaV3Backbone":
+        config.update(vocabulary_size=30, max_sequence_length=12, bucket_size=4)
     elif family == "ElectraBackbone":
         config.update(vocab_size=30, embedding_dim=max(2, hidden // 2), max_sequence_length=12)
     else:
@@ -132,6 +140,9 @@ def test_keras_hub_backbones(family, case):
     # which at these tiny widths reaches 2.6e-5 relative.
     tolerance = max(TOLERANCE, 3e-5) if post_ln and kwargs["layers"] > layers else TOLERANCE
     status, info = check_request(model, kwargs, tolerance)
+    if family in FIXED_HEAD_SIZE and "heads" in kwargs \
+            and kwargs["hidden"] // kwargs["heads"] != hidden // heads:
+        fits = False  # the head size would change: refused with the reason
     if status == "no":
         assert (post_ln and not multiple) or not fits, \
             f"{family} {kwargs}: refused although exact: {info}"

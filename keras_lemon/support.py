@@ -183,7 +183,7 @@ def explaining(model):
         yield
     except _DEEP_ERRORS as error:
         if isinstance(error, ExpansionError):
-            if model.name in str(error):
+            if f"'{model.name}'" in str(error):
                 raise
             # A layer's rule names the layer; say which model it belongs to.
             raise ExpansionError(f"{type(model).__name__} '{model.name}': {error}") from error

@@ -63,7 +63,6 @@ CLASS_REFUSALS = {
     "FeaturePyramidBackbone": _CNN,
     "FluxBackbone": ("a diffusion transformer whose blocks are modulated by a timestep "
                      "embedding (adaptive LayerNorm) and use rotary attention: not supported"),
-    "GPT2Backbone": _DECODER,
     "GPTNeoXBackbone": _DECODER,
     "Gemma3Backbone": _DECODER,
     "Gemma3nBackbone": _DECODER,
@@ -71,8 +70,6 @@ CLASS_REFUSALS = {
     "GemmaBackbone": _DECODER,
     "GptOssBackbone": _MOE,
     "HGNetV2Backbone": _CNN,
-    "Llama3Backbone": _DECODER,
-    "LlamaBackbone": _DECODER,
     "MetaCLIP2Backbone": _COMPOSITE,
     "MiTBackbone": ("a hierarchical vision transformer whose width changes from stage "
                     "to stage (overlapping patch merging, spatial-reduction attention)"),
@@ -81,7 +78,6 @@ CLASS_REFUSALS = {
     "MobileNetBackbone": _CNN,
     "MobileNetV5Backbone": _CNN,
     "MoonshineBackbone": _ENCODER_DECODER,
-    "OPTBackbone": _DECODER,
     "PARSeqBackbone": _COMPOSITE,
     "PaliGemmaBackbone": _COMPOSITE,
     "Phi3Backbone": _DECODER,
@@ -127,7 +123,8 @@ def supported_summary():
             "DistilBertBackbone, DebertaV3Backbone, RoformerV2Backbone (and their MaskedLM "
             "and TextClassifier tasks), ElectraBackbone, ViTBackbone and DeiTBackbone (and "
             "their ImageClassifier tasks), DINOV2Backbone, the CLIP, MetaCLIP2 and SigLIP "
-            "vision and text encoders, and in width only AlbertBackbone; your own functional "
+            "vision and text encoders, LlamaBackbone, Llama3Backbone, GPT2Backbone and "
+            "OPTBackbone (and their CausalLM tasks), and in width only AlbertBackbone; your own functional "
             "or subclassed transformers (see the README's census table)")
 
 

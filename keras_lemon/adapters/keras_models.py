@@ -36,6 +36,7 @@ from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
 from keras_lemon.rules.registry import ExpansionError
+from keras_lemon.rules.core_layers import attention_inputs
 from keras_lemon.rules.core_layers import attention_shape
 from keras_lemon.rules.core_layers import is_rms_norm
 from keras_lemon.rules.core_layers import norm_variance_ratio
@@ -53,11 +54,15 @@ SIZE_KEYS = {
                "projection_dim", "model_dim", "width", "dim"),
     "layers": ("num_layers", "depth", "n_layers", "num_blocks", "num_hidden_layers",
                "transformer_layers", "num_transformer_layers", "num_encoder_layers"),
-    "heads": ("num_heads", "n_heads", "heads", "num_attention_heads", "n_head"),
+    "heads": ("num_heads", "num_query_heads", "n_heads", "heads", "num_attention_heads",
+              "n_head"),
     "intermediate": ("intermediate_dim", "intermediate_size", "mlp_dim", "ff_dim",
                      "ffn_dim", "dim_feedforward", "feedforward_dim", "mlp_units"),
     "head_dim": ("key_dim", "head_dim", "head_size"),
 }
+
+#: Config keys of the key/value head count of grouped-query attention.
+KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 
 #: Config keys of LayerNorm epsilons, scaled for a pre-LN stream that grows
 #: by a non-multiple (`keras_lemon.rules.core_layers.expand_layer_norm`).
@@ -257,11 +262,7 @@ class KerasModelAdapter:
                 "keras_lemon.register_rule(..., kind=\"projection\" or \"pointwise\")."
             )
         if kind == "attention":
-            query = node.argument(0, "query")
-            value = node.argument(1, "value")
-            value = query if value is None else value  # a self-attention layer: call(x)
-            key = node.argument(2, "key")
-            key = value if key is None else key
+            query, value, key = attention_inputs(node)
             ins = [dim_of(id(t)) for t in (query, value, key)]
             if len(set(ins)) != 1:
                 raise ExpansionError(
@@ -300,6 +301,22 @@ class KerasModelAdapter:
             for node in self.roles.leaf_nodes:
                 if id(node.operation) not in leaf_dims and node.operation.weights:
                     leaf_dims[id(node.operation)] = self._leaf_dims(node, dims, dim_of)
+            stream = dims["stream"]
+            # What an output projection reads when the graph does not show it
+            # (a backbone alone): the final norm's output, zero extras or copies.
+            normalized = DimExpansion(stream.source, stream.target, "circular"
+                                      if stream.pattern == "circular" else "zero", stream.exact)
+            for node in self.roles.leaf_nodes:
+                if not isinstance(node.operation, keras.layers.ReversibleEmbedding) \
+                        or id(node.operation) not in leaf_dims:
+                    continue
+                # A token table used again as the output projection (a causal
+                # LM's `embedding(x, reverse=True)`): its reverse kernel reads x.
+                found = leaf_dims[id(node.operation)]
+                if node.argument(1, "reverse"):
+                    found["reverse_input"] = dim_of(node.inputs[0])
+                else:
+                    found.setdefault("reverse_input", normalized)
             self._layout = leaf_dims, dim_of
         return self._layout
 
@@ -394,9 +411,11 @@ class KerasModelAdapter:
                     "LayerNormalization read by it alone, so the factor of its copies "
                     "cannot be folded into a norm; untie the output embedding."
                 )
-            # Inexact partial copies (exact=False): the mean number of copies.
-            scales[id(writer.operation)] = 1.0 / dim.copies if not dim.extras \
-                else dim.source / dim.target
+            # Zero extras add nothing; inexact partial copies (exact=False)
+            # count as the mean number of copies.
+            partial = dim.extras and dim.pattern == "circular"
+            scales[id(writer.operation)] = dim.source / dim.target if partial \
+                else 1.0 / dim.copies
         return scales
 
     def fit_to_targets(self, targets):
@@ -526,6 +545,17 @@ class KerasModelAdapter:
                 if source_values[role] is not None and isinstance(value, int) \
                         and not isinstance(value, bool) and value == source_values[role]:
                     config[key] = target_values[role]
+        # Grouped-query attention keeps its groups: KV heads grow with the heads.
+        for key in KV_HEAD_KEYS:
+            kv = config.get(key)
+            if isinstance(kv, int) and not isinstance(kv, bool) and s["heads"] % kv == 0:
+                groups = s["heads"] // kv
+                if target.heads % groups:
+                    raise ExpansionError(
+                        f"{self.name}: its {s['heads']} query heads share {kv} key/value "
+                        f"heads ({groups} per group); {target.heads} query heads cannot keep "
+                        f"the groups. Ask for a multiple of {groups} heads.")
+                config[key] = target.heads // groups
         # A pre-LN stream with average extras: every LayerNorm reading it needs
         # epsilon * k d / D (their rule checks it, so a shared key that also
         # sets a norm elsewhere fails there, loudly).
@@ -560,6 +590,8 @@ class KerasModelAdapter:
         task = isinstance(model, keras_hub.models.Task)
         owner = model.backbone if task else model
         config = self.resized_config(owner, dims, target, is_model=True)
+        if is_keras_hub_model(owner):
+            config = _with_missing_arguments(owner, config)
         if config == owner.get_config() and target.hidden != self.source_sizes["hidden"]:
             raise ValueError(
                 f"{self.name}: its get_config() has no size key with the hidden "
@@ -871,6 +903,24 @@ class _FunctionalBuilder:
             name += "_"
         self._names.add(name)
         return name
+
+
+def _with_missing_arguments(model, config):
+    """`config` plus constructor arguments its `get_config()` forgot.
+
+    keras-hub 0.32's `LlamaBackbone.get_config()` leaves out
+    `tie_word_embeddings`: rebuilt from it, a tied model would come back
+    untied. A simple constructor argument that is missing from the config but
+    kept as an attribute of the same name is added back.
+    """
+    config = dict(config)
+    for name, parameter in inspect.signature(type(model).__init__).parameters.items():
+        if name in config or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        value = getattr(model, name, None)
+        if isinstance(value, (bool, int, float, str)) and value != parameter.default:
+            config[name] = value
+    return config
 
 
 def from_config_tolerant(cls, config):

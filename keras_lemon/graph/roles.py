@@ -32,6 +32,7 @@ from keras_lemon.graph.feature_ops import touches_feature_axis
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.index_maps import FlattenedDim
 from keras_lemon.linearity import allows
+from keras_lemon.rules.core_layers import attention_inputs
 from keras_lemon.rules.core_layers import is_rms_norm
 from keras_lemon.rules.core_layers import normalized_dim
 from keras_lemon.rules.core_layers import rms_normalized_dim
@@ -261,13 +262,12 @@ class GraphRoles:
                 self.flatten_input[node.outputs[0]] = (outer, node.inputs[0])
             elif kind == "attention":
                 # Arguments projected by the query's kernels grow like the query.
-                query = node.argument(0, "query")
+                query, value, _ = attention_inputs(node)
                 for name in same_width_arguments(node.operation):
                     other = node.kwargs.get(name)
                     if other is not None and query is not None:
                         self.classes.union(id(other), id(query))
-                value = node.argument(1, "value")
-                if query is not None and value is not None and self._learned(id(query)):
+                if query is not None and value is not query and self._learned(id(query)):
                     # A learned query (SigLIP's pooling probe) is read by the
                     # same kind of projection as the keys: it grows like them.
                     self.classes.union(id(query), id(value))

@@ -228,12 +228,14 @@ class TensorGraph:
 
             call.__wrapped__ = original  # its signature is the original's
             sub.call = call
+            sub.compute_output_spec = _spec_from_call(sub)
             wrapped.append(sub)
         try:
             yield
         finally:
             for sub in wrapped:
                 del sub.call
+                del sub.compute_output_spec
 
     def _record_eager(self, layer, args, kwargs, result):
         outputs = keras.tree.flatten(result)
@@ -243,6 +245,26 @@ class TensorGraph:
             operation=layer, args=args, kwargs=kwargs, inputs=[],
             outputs=[self.key(v) for v in outputs], parent=self._parents[-1],
         ))
+
+
+def _spec_from_call(layer):
+    """`layer.compute_output_spec`, or on a `TypeError` the one that runs `call`.
+
+    keras-hub builds its models without symbolic sublayer calls, so a layer
+    may take arguments that its `compute_output_spec` does not
+    (`CachedMultiHeadAttention(cache=...)` inherits MultiHeadAttention's).
+    The trace calls sublayers symbolically; then Keras' generic spec, which
+    runs `call` on placeholders, answers instead.
+    """
+    original = layer.compute_output_spec
+
+    def compute_output_spec(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except TypeError:
+            return keras.layers.Layer.compute_output_spec(layer, *args, **kwargs)
+
+    return compute_output_spec
 
 
 def _accepted(call, kwargs):

@@ -294,7 +294,12 @@ _ATTENTION_SHAPES = {}
 _SAME_WIDTH_ARGUMENTS = {}
 
 
-def register_attention_shape(layer_class, shape, same_width_arguments=()):
+#: Attention layer class -> names of its (query, value, key) call arguments.
+_INPUT_ARGUMENTS = {}
+
+
+def register_attention_shape(layer_class, shape, same_width_arguments=(),
+                             input_arguments=("query", "value", "key")):
     """Tells the graph path the head count and sizes of an attention class.
 
     Args:
@@ -304,9 +309,30 @@ def register_attention_shape(layer_class, shape, same_width_arguments=()):
             with the same kernels as its input (DeBERTa's relative position
             embeddings go through the query and key projections): they must
             grow exactly as the input does.
+        input_arguments: the names of its query, value and key arguments
+            (positions 0, 1, 2); a self-attention layer names one
+            (`("hidden_states",)` for keras-hub's Llama).
     """
     _ATTENTION_SHAPES[layer_class] = shape
     _SAME_WIDTH_ARGUMENTS[layer_class] = tuple(same_width_arguments)
+    _INPUT_ARGUMENTS[layer_class] = tuple(input_arguments)
+
+
+def attention_inputs(node):
+    """`(query, value, key)` arguments of an attention layer's call (a traced node).
+
+    A missing value is the query, a missing key the value (self-attention).
+    """
+    names = ("query", "value", "key")
+    for cls in type(node.operation).__mro__:
+        if cls in _INPUT_ARGUMENTS:
+            names = _INPUT_ARGUMENTS[cls]
+            break
+    found = [node.argument(i, name) for i, name in enumerate(names)]
+    query = found[0]
+    value = found[1] if len(found) > 1 and found[1] is not None else query
+    key = found[2] if len(found) > 2 and found[2] is not None else value
+    return query, value, key
 
 
 def same_width_arguments(layer):

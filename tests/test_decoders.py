@@ -1,0 +1,128 @@
+"""Decoder LLMs (issue 14, first families): keras-hub Llama, Llama3, GPT-2, OPT.
+
+Llama: pre-norm with RMSNorms, so the stream grows zero-padded and any width
+is exact; rotary grouped-query attention keeps its head size and its groups
+(query and KV heads copied together). GPT-2 and OPT: pre-LN LayerNorms with
+epsilons fixed in code (whole multiples), tied embeddings (the factor of the
+copies folded into the final LayerNorm), KV-cached attention. Every weight randomized, RMSNorm
+scales included. Checked: hidden states / logits at `TOLERANCE`, and greedy
+`generate()` through the KV cache token for token.
+"""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from census import check_request
+from conftest import TOLERANCE
+from conftest import randomize
+from conftest import relative_error
+
+import keras_lemon
+
+CONFIG = dict(vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+              hidden_dim=16, intermediate_dim=32)
+#: keras-hub decoders built from keras_hub.layers (pre-LN LayerNorms, learned
+#: positions, CachedMultiHeadAttention, tied embeddings).
+LAYER_NORM_DECODERS = {
+    "GPT2Backbone": dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+                         intermediate_dim=32, max_sequence_length=16),
+    "OPTBackbone": dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+                        intermediate_dim=32, max_sequence_length=16),
+}
+CASES = {
+    "width_x2": dict(hidden=32),
+    "width_not_a_multiple": dict(hidden=24),
+    "depth_interleave": dict(layers=3),
+    "width_and_depth_stack": dict(hidden=40, layers=5, placement="stack"),
+    "width_and_depth_zero_blocks": dict(hidden=32, layers=4, method="zero_blocks"),
+    "width_and_depth_net2net": dict(hidden=24, layers=3, method="net2net"),
+}
+FAMILIES = [("LlamaBackbone", "LlamaCausalLM"), ("Llama3Backbone", "Llama3CausalLM")]
+
+
+def backbone(name, tied=False, **overrides):
+    return randomize(getattr(keras_hub.models, name)(
+        **{**CONFIG, "tie_word_embeddings": tied, **overrides}))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("name", [b for b, _ in FAMILIES])
+def test_backbones_lossless(name, tied, case):
+    status, error = check_request(backbone(name, tied), CASES[case])
+    assert status == "yes", error
+
+
+def _tokens(seed=0, length=7):
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(1, 50, (2, 12)).astype("int32")
+    padding_mask = np.zeros((2, 12), "int32")
+    padding_mask[0, :length], padding_mask[1, : length - 2] = 1, 1
+    return {"token_ids": token_ids * padding_mask, "padding_mask": padding_mask}
+
+
+@pytest.mark.parametrize("request_", [dict(hidden=24), dict(hidden=32, layers=4),
+                                      dict(layers=3, placement="stack")])
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("backbone_name,task_name", FAMILIES)
+def test_causal_lm_logits_and_greedy_generation(backbone_name, task_name, tied, request_):
+    task_class = getattr(keras_hub.models, task_name)
+    small = randomize(task_class(backbone(backbone_name, tied)), 1)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in small.weights]
+    big = keras_lemon.expand_model(small, seed=0, **request_)
+    assert type(big) is task_class
+    assert big.backbone.token_embedding.tie_weights == tied
+    inputs = _tokens()
+    error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
+                           keras.ops.convert_to_numpy(big(inputs)).astype("float64"))
+    assert error <= TOLERANCE, error
+    # Greedy decoding through the KV cache (shaped by KV heads and head size).
+    for model in (small, big):
+        model.compile(sampler="greedy")
+    prompt = _tokens(seed=1, length=4)
+    expected = keras.ops.convert_to_numpy(small.generate(prompt, stop_token_ids=None)["token_ids"])
+    actual = keras.ops.convert_to_numpy(big.generate(prompt, stop_token_ids=None)["token_ids"])
+    np.testing.assert_array_equal(expected, actual)
+    assert (expected != prompt["token_ids"]).any()  # it generated something
+    after = [keras.ops.convert_to_numpy(v) for v in small.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_query_heads_must_keep_their_groups():
+    # 4 query heads share 2 KV heads (2 per group); 20 wide -> 5 heads of 4.
+    with pytest.raises(ValueError, match="LlamaBackbone.*2 per group.*multiple of 2"):
+        keras_lemon.expand_model(backbone("LlamaBackbone"), hidden=20)
+
+
+def test_rotary_head_size_must_stay():
+    with pytest.raises(ValueError, match="LlamaBackbone.*rotary.*head size"):
+        keras_lemon.expand_model(backbone("LlamaBackbone"), hidden=32, heads=4)
+
+
+def test_rms_norm_epsilon_scaled_for_a_non_multiple_width():
+    big = keras_lemon.expand_model(backbone("LlamaBackbone"), hidden=24, seed=0)
+    assert np.isclose(big.layer_norm_epsilon, 1e-6 * 16 / 24)
+    assert (big.num_query_heads, big.num_key_value_heads) == (6, 3)
+
+
+@pytest.mark.parametrize("request_", [dict(hidden=32), dict(layers=3),
+                                      dict(hidden=48, layers=5, placement="stack")])
+@pytest.mark.parametrize("name", sorted(LAYER_NORM_DECODERS))
+def test_layer_norm_decoders_and_their_causal_lm(name, request_):
+    config = LAYER_NORM_DECODERS[name]
+    status, error = check_request(randomize(getattr(keras_hub.models, name)(**config)), request_)
+    assert status == "yes", error
+    task_class = getattr(keras_hub.models, name.replace("Backbone", "CausalLM"))
+    small = randomize(task_class(getattr(keras_hub.models, name)(**config)), 1)
+    big = keras_lemon.expand_model(small, seed=0, **request_)
+    inputs = _tokens()
+    error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
+                           keras.ops.convert_to_numpy(big(inputs)).astype("float64"))
+    assert error <= TOLERANCE, error
+    for model in (small, big):
+        model.compile(sampler="greedy")
+    prompt = _tokens(seed=1, length=4)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(small.generate(prompt, stop_token_ids=None)["token_ids"]),
+        keras.ops.convert_to_numpy(big.generate(prompt, stop_token_ids=None)["token_ids"]))

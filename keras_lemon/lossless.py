@@ -57,19 +57,25 @@ def output_error(source, model, inputs, expected_from_source=None):
     return error
 
 
-def check_lossless(source, model, inputs, tolerance, name, expected_from_source=None):
+def check_lossless(source, model, inputs, tolerance, name, expected_from_source=None,
+                   hint=None):
     """`output_error`, raising an `ExpansionError` above `tolerance`.
+
+    Args:
+        hint: a known cause to name in the error (default: an operation that
+            keras_lemon does not model).
 
     Returns:
         float, the measured error.
     """
     error = output_error(source, model, inputs, expected_from_source)
     if not error <= tolerance:
+        hint = hint or ("Some operation in the model treats features in a way keras_lemon "
+                        "does not model; register a rule for it (keras_lemon.register_rule) "
+                        "or report the model.")
         raise ExpansionError(
             f"{name}: the expanded model is not lossless on a probe batch: "
-            f"max |diff| / max |output| = {error:.3g} > {tolerance:g}. Some "
-            "operation in the model treats features in a way keras_lemon does "
-            "not model; register a rule for it (keras_lemon.register_rule) or "
-            "report the model. Pass verify=False to get the model anyway."
+            f"max |diff| / max |output| = {error:.3g} > {tolerance:g}. {hint} "
+            "Pass verify=False to get the model anyway."
         )
     return error

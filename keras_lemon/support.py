@@ -73,7 +73,6 @@ CLASS_REFUSALS = {
     "MetaCLIP2Backbone": _COMPOSITE,
     "MiTBackbone": ("a hierarchical vision transformer whose width changes from stage "
                     "to stage (overlapping patch merging, spatial-reduction attention)"),
-    "MistralBackbone": _DECODER,
     "MixtralBackbone": _MOE,
     "MobileNetBackbone": _CNN,
     "MobileNetV5Backbone": _CNN,
@@ -81,12 +80,9 @@ CLASS_REFUSALS = {
     "PARSeqBackbone": _COMPOSITE,
     "PaliGemmaBackbone": _COMPOSITE,
     "Phi3Backbone": _DECODER,
-    "Qwen2Backbone": _DECODER,
-    "Qwen3Backbone": _DECODER,
     "Qwen3MoeBackbone": _MOE,
     "Qwen3_5Backbone": _DECODER,
     "Qwen3_5MoeBackbone": _MOE,
-    "QwenBackbone": _DECODER,
     "QwenMoeBackbone": _MOE,
     "RWKV7Backbone": ("a linear-attention RNN (RWKV time mixing with per-channel decay): "
                       "not a transformer with attention heads"),
@@ -123,7 +119,8 @@ def supported_summary():
             "DistilBertBackbone, DebertaV3Backbone, RoformerV2Backbone (and their MaskedLM "
             "and TextClassifier tasks), ElectraBackbone, ViTBackbone and DeiTBackbone (and "
             "their ImageClassifier tasks), DINOV2Backbone, the CLIP, MetaCLIP2 and SigLIP "
-            "vision and text encoders, LlamaBackbone, Llama3Backbone, GPT2Backbone and "
+            "vision and text encoders, the decoders LlamaBackbone, Llama3Backbone, "
+            "MistralBackbone, QwenBackbone, Qwen2Backbone, Qwen3Backbone, GPT2Backbone and "
             "OPTBackbone (and their CausalLM tasks), and in width only AlbertBackbone; your own functional "
             "or subclassed transformers (see the README's census table)")
 

@@ -1,4 +1,5 @@
-"""Decoder LLMs (issue 14, first families): keras-hub Llama, Llama3, GPT-2, OPT.
+"""Decoder LLMs (issue 14, first families): keras-hub Llama, Llama3, Mistral,
+Qwen (Qwen2), Qwen3, GPT-2, OPT.
 
 Llama: pre-norm with RMSNorms, so the stream grows zero-padded and any width
 is exact; rotary grouped-query attention keeps its head size and its groups
@@ -38,20 +39,39 @@ CASES = {
     "width_and_depth_zero_blocks": dict(hidden=32, layers=4, method="zero_blocks"),
     "width_and_depth_net2net": dict(hidden=24, layers=3, method="net2net"),
 }
-FAMILIES = [("LlamaBackbone", "LlamaCausalLM"), ("Llama3Backbone", "Llama3CausalLM")]
+FAMILIES = [("LlamaBackbone", "LlamaCausalLM"), ("Llama3Backbone", "Llama3CausalLM"),
+            ("MistralBackbone", "MistralCausalLM"), ("QwenBackbone", "QwenCausalLM"),
+            ("Qwen3Backbone", "Qwen3CausalLM")]
+#: Per-family arguments: Qwen3 takes its head size explicitly.
+EXTRA = {"Qwen3Backbone": dict(head_dim=4)}
+#: Families whose config has no tie_word_embeddings (Mistral is untied).
+UNTIED_ONLY = {"MistralBackbone"}
 
 
 def backbone(name, tied=False, **overrides):
+    tie = {} if name in UNTIED_ONLY else {"tie_word_embeddings": tied}
     return randomize(getattr(keras_hub.models, name)(
-        **{**CONFIG, "tie_word_embeddings": tied, **overrides}))
+        **{**CONFIG, **EXTRA.get(name, {}), **tie, **overrides}))
 
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("name", [b for b, _ in FAMILIES])
 def test_backbones_lossless(name, tied, case):
+    if tied and name in UNTIED_ONLY:
+        pytest.skip(f"{name} has no tie_word_embeddings argument")
     status, error = check_request(backbone(name, tied), CASES[case])
     assert status == "yes", error
+
+
+def test_qwen3_query_key_norms_keep_their_epsilon():
+    # They normalize over the head size, which does not grow; in keras-hub
+    # 0.32 they use the attention layer's own epsilon (1e-5), not the
+    # config's layer_norm_epsilon, so a non-multiple width stays exact.
+    big = keras_lemon.expand_model(backbone("Qwen3Backbone"), hidden=24, seed=0)
+    attention = big.get_layer("transformer_layer_0")._self_attention_layer
+    assert attention._query_dense_layer_norm.epsilon == 1e-5
+    assert np.isclose(big.layer_norm_epsilon, 1e-6 * 16 / 24)
 
 
 def _tokens(seed=0, length=7):
@@ -67,12 +87,14 @@ def _tokens(seed=0, length=7):
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("backbone_name,task_name", FAMILIES)
 def test_causal_lm_logits_and_greedy_generation(backbone_name, task_name, tied, request_):
+    if tied and backbone_name in UNTIED_ONLY:
+        pytest.skip(f"{backbone_name} has no tie_word_embeddings argument")
     task_class = getattr(keras_hub.models, task_name)
     small = randomize(task_class(backbone(backbone_name, tied)), 1)
     before = [keras.ops.convert_to_numpy(v).copy() for v in small.weights]
     big = keras_lemon.expand_model(small, seed=0, **request_)
     assert type(big) is task_class
-    assert big.backbone.token_embedding.tie_weights == tied
+    assert big.backbone.token_embedding.tie_weights == small.backbone.token_embedding.tie_weights
     inputs = _tokens()
     error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
                            keras.ops.convert_to_numpy(big(inputs)).astype("float64"))

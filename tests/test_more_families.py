@@ -212,3 +212,19 @@ def test_expand_preset_of_local_keras_task_presets(tmp_path, task, backbone):
                                     hidden=32, layers=3, seed=0)
     assert type(big) is task_class and big.backbone.hidden_dim == 32
     assert keras_lemon.read_expansion(str(tmp_path / "dst"))["lossless_error"] <= TOLERANCE
+
+
+def test_post_ln_depth_bound_is_named_when_exceeded():
+    """Post-LN depth growth is exact only to O(epsilon / var(z)) (design §5).
+
+    A 3-wide RoBERTa with random weights has small pre-norm variances: its
+    error (1.4e-4, the same for every seed and method) is above the check's
+    1e-4, so the expansion is refused, and the message names the bound
+    instead of blaming an unknown operation.
+    """
+    model = randomize(keras_hub.models.RobertaBackbone(
+        num_layers=2, num_heads=1, hidden_dim=3, intermediate_dim=6, vocabulary_size=30,
+        max_sequence_length=12))
+    keras_lemon.expand_model(model, hidden=6, seed=0)  # width alone: exact
+    with pytest.raises(ValueError, match=r"RobertaBackbone.*LN\(LN\(z\)\).*epsilon 1e-05"):
+        keras_lemon.expand_model(model, hidden=6, layers=3, seed=0)

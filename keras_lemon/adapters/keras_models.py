@@ -679,11 +679,19 @@ class KerasModelAdapter:
         largest LayerNorm epsilon (`LN(LN(z)) = LN(z)` holds to
         `O(epsilon)`, see `keras_lemon.depth`).
         """
+        hint = None
+        if self.roles.post_ln:
+            eps = [u.norm.operation.epsilon for b in self.roles.blocks for u in b.units
+                   if u.norm is not None]
+            hint = (
+                "If blocks were added: a post-LN model's new blocks rely on LN(LN(z)) = "
+                "LN(z) (1 + O(epsilon / var(z))), which with LayerNorm epsilon "
+                f"{max(eps, default=0):g} and small pre-norm variances (tiny or weakly "
+                "scaled layers) can exceed the tolerance; grow the width only, or check "
+                "the error with verify=False.")
         if tolerance is None:
             tolerance = 1e-4
             if self.roles.post_ln:
-                eps = [n.operation.epsilon for b in self.roles.blocks for u in b.units
-                       if u.norm is not None for n in [u.norm]]
                 tolerance = max([tolerance] + [10 * e for e in eps])
         # Outputs that grow with the model (a backbone's hidden states) are
         # compared with the source's expanded by their activation's pattern.
@@ -691,7 +699,7 @@ class KerasModelAdapter:
         expand = [None if dim_of(key).is_identity else dim_of(key).expand
                   for key in self.graph.outputs]
         return check_lossless(self.model, new_model, self.probe_inputs(), tolerance,
-                              self.name, expand)
+                              self.name, expand, hint)
 
     def probe_inputs(self, seed=0):
         """A batch of 2 inputs: token ids for inputs read by embeddings, else normal.

@@ -32,12 +32,10 @@ LAYER_NORM_DECODERS = {
                         intermediate_dim=32, max_sequence_length=16),
 }
 CASES = {
-    "width_x2": dict(hidden=32),
     "width_not_a_multiple": dict(hidden=24),
     "depth_interleave": dict(layers=3),
     "width_and_depth_stack": dict(hidden=40, layers=5, placement="stack"),
-    "width_and_depth_zero_blocks": dict(hidden=32, layers=4, method="zero_blocks"),
-    "width_and_depth_net2net": dict(hidden=24, layers=3, method="net2net"),
+    "width_x2_and_depth_zero_blocks": dict(hidden=32, layers=4, method="zero_blocks"),
 }
 FAMILIES = [("LlamaBackbone", "LlamaCausalLM"), ("Llama3Backbone", "Llama3CausalLM"),
             ("MistralBackbone", "MistralCausalLM"), ("QwenBackbone", "QwenCausalLM"),
@@ -82,8 +80,8 @@ def _tokens(seed=0, length=7):
     return {"token_ids": token_ids * padding_mask, "padding_mask": padding_mask}
 
 
-@pytest.mark.parametrize("request_", [dict(hidden=24), dict(hidden=32, layers=4),
-                                      dict(layers=3, placement="stack")])
+@pytest.mark.parametrize("request_", [dict(hidden=24, layers=3),
+                                      dict(hidden=32, layers=4, placement="stack")])
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("backbone_name,task_name", FAMILIES)
 def test_causal_lm_logits_and_greedy_generation(backbone_name, task_name, tied, request_):

@@ -80,6 +80,22 @@ def _tokens(seed=0, length=7):
     return {"token_ids": token_ids * padding_mask, "padding_mask": padding_mask}
 
 
+def assert_same_logits_and_generation(small, big):
+    """Logits at `TOLERANCE`, and greedy decoding through the KV cache (shaped
+    by the KV heads and the head size) token for token."""
+    inputs = _tokens()
+    error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
+                           keras.ops.convert_to_numpy(big(inputs)).astype("float64"))
+    assert error <= TOLERANCE, error
+    for model in (small, big):
+        model.compile(sampler="greedy")
+    prompt = _tokens(seed=1, length=4)
+    expected = keras.ops.convert_to_numpy(small.generate(prompt, stop_token_ids=None)["token_ids"])
+    actual = keras.ops.convert_to_numpy(big.generate(prompt, stop_token_ids=None)["token_ids"])
+    np.testing.assert_array_equal(expected, actual)
+    assert (expected != prompt["token_ids"]).any()  # it generated something
+
+
 @pytest.mark.parametrize("request_", [dict(hidden=24, layers=3),
                                       dict(hidden=32, layers=4, placement="stack")])
 @pytest.mark.parametrize("tied", [False, True])
@@ -93,18 +109,7 @@ def test_causal_lm_logits_and_greedy_generation(backbone_name, task_name, tied, 
     big = keras_lemon.expand_model(small, seed=0, **request_)
     assert type(big) is task_class
     assert big.backbone.token_embedding.tie_weights == small.backbone.token_embedding.tie_weights
-    inputs = _tokens()
-    error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
-                           keras.ops.convert_to_numpy(big(inputs)).astype("float64"))
-    assert error <= TOLERANCE, error
-    # Greedy decoding through the KV cache (shaped by KV heads and head size).
-    for model in (small, big):
-        model.compile(sampler="greedy")
-    prompt = _tokens(seed=1, length=4)
-    expected = keras.ops.convert_to_numpy(small.generate(prompt, stop_token_ids=None)["token_ids"])
-    actual = keras.ops.convert_to_numpy(big.generate(prompt, stop_token_ids=None)["token_ids"])
-    np.testing.assert_array_equal(expected, actual)
-    assert (expected != prompt["token_ids"]).any()  # it generated something
+    assert_same_logits_and_generation(small, big)
     after = [keras.ops.convert_to_numpy(v) for v in small.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
@@ -135,14 +140,4 @@ def test_layer_norm_decoders_and_their_causal_lm(name, request_):
     assert status == "yes", error
     task_class = getattr(keras_hub.models, name.replace("Backbone", "CausalLM"))
     small = randomize(task_class(getattr(keras_hub.models, name)(**config)), 1)
-    big = keras_lemon.expand_model(small, seed=0, **request_)
-    inputs = _tokens()
-    error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
-                           keras.ops.convert_to_numpy(big(inputs)).astype("float64"))
-    assert error <= TOLERANCE, error
-    for model in (small, big):
-        model.compile(sampler="greedy")
-    prompt = _tokens(seed=1, length=4)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(small.generate(prompt, stop_token_ids=None)["token_ids"]),
-        keras.ops.convert_to_numpy(big.generate(prompt, stop_token_ids=None)["token_ids"]))
+    assert_same_logits_and_generation(small, keras_lemon.expand_model(small, seed=0, **request_))

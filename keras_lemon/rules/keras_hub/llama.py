@@ -17,6 +17,7 @@ from keras_lemon.index_maps import DimExpansion
 from keras_lemon.rules.core_layers import expand_rms_norm
 from keras_lemon.rules.core_layers import register_attention_shape
 from keras_lemon.rules.core_layers import register_rms_norm
+from keras_lemon.rules.keras_hub.blocks import require_fixed_head_size
 from keras_lemon.rules.registry import register_rule
 
 
@@ -49,12 +50,7 @@ def expand_grouped_query_attention(layer, ctx, query_heads, kv_heads, head_dim,
     reads KV head `j // groups` (a copy of `(j mod H) // groups`).
     """
     heads, key_dim = ctx.dims["heads"], ctx.dims["key_dim"]
-    if not key_dim.is_identity:
-        raise ctx.error(
-            f"its rotary position embeddings are computed over the head size {head_dim}, "
-            f"so the head size cannot grow ({key_dim.describe()} asked); let the heads "
-            "grow with the width instead (leave heads=None)."
-        )
+    require_fixed_head_size(ctx, head_dim)
     groups = query_heads // kv_heads
     if heads.target % groups:
         raise ctx.error(

@@ -25,7 +25,9 @@ except ImportError:  # pragma: no cover
     class SafetensorError(Exception):
         """Stands in for safetensors' error when it is not installed."""
 
+from keras_lemon.adapters.keras_models import with_missing_arguments
 from keras_lemon.expand import expand_model
+from keras_lemon.gguf import gguf_to_hf_directory
 from keras_lemon.options import expansion_options
 from keras_lemon.support import family_for_class
 from keras_lemon.version import __version__
@@ -44,12 +46,33 @@ _PREPROCESSING_FILES = (
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
+def _with_hf_epsilon(model, preset):
+    """`model` with the norm epsilon of its Hugging Face `config.json`.
+
+    keras-hub 0.32's Llama converter ignores `rms_norm_eps` (its models get
+    1e-6; SmolLM2 uses 1e-5), so the loaded model would not be the
+    checkpoint's. The backbone is rebuilt with the epsilon the checkpoint
+    states and its weights copied over.
+    """
+    hf_config = preset_utils.load_json(preset, preset_utils.CONFIG_FILE)
+    epsilon = hf_config.get("rms_norm_eps", hf_config.get("layer_norm_eps"))
+    config = model.get_config()
+    if not isinstance(epsilon, (int, float)) or not isinstance(
+            config.get("layer_norm_epsilon"), float) or config["layer_norm_epsilon"] == epsilon:
+        return model
+    config = with_missing_arguments(model, config)
+    config["layer_norm_epsilon"] = float(epsilon)
+    rebuilt = type(model).from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 class LoadedPreset:
     """A preset's model and preprocessing, as keras-hub loads them.
 
     Attributes:
         preset: the preset as given.
-        format: `"keras"` or `"transformers"` (Hugging Face).
+        format: `"keras"`, `"transformers"` (Hugging Face) or `"gguf"`.
         model: the task (a Keras preset with `task.json`) or the backbone.
         preprocessing: dict config file -> preprocessing layer saved beside
             the model (tokenizer, preprocessor, image converter), not those
@@ -57,9 +80,17 @@ class LoadedPreset:
     """
 
     def __init__(self, preset, load_weights=True):
-        if "://" not in preset and (os.sep in preset or preset.startswith(".")) \
+        self.preset = preset
+        if preset.endswith(".gguf") and os.path.isfile(preset):
+            # A llama.cpp checkpoint: read through a Hugging Face directory.
+            self._gguf_directory = tempfile.TemporaryDirectory(prefix="lemon-gguf-")
+            preset = gguf_to_hf_directory(preset, self._gguf_directory.name)
+        elif "://" not in preset and (os.sep in preset or preset.startswith(".")) \
                 and not os.path.isdir(preset):
             raise ValueError(f"Preset directory '{preset}' does not exist.")
+        self._load(preset, load_weights)
+
+    def _load(self, preset, load_weights):
         try:
             loader = preset_utils.get_preset_loader(preset)
             backbone_cls = loader.check_backbone_class()
@@ -67,9 +98,10 @@ class LoadedPreset:
             raise ValueError(
                 f"Preset '{preset}': {preset_utils.CONFIG_FILE} is not valid JSON ({error})."
             ) from error
-        self.preset = preset
         self.format = "keras" if isinstance(loader, preset_utils.KerasPresetLoader) \
             else type(loader).__name__.replace("PresetLoader", "").lower()
+        if self.preset != preset:
+            self.format = "gguf"
         try:
             self.family = family_for_class(backbone_cls)
         except ValueError as error:
@@ -79,7 +111,8 @@ class LoadedPreset:
             self.model = self._load_keras(preset, backbone_cls, load_weights)
         else:
             try:
-                self.model = backbone_cls.from_preset(preset, load_weights=load_weights)
+                self.model = _with_hf_epsilon(
+                    backbone_cls.from_preset(preset, load_weights=load_weights), preset)
             except SafetensorError as error:
                 raise ValueError(
                     f"Preset '{preset}': its safetensors weights cannot be read ({error}); "
@@ -129,11 +162,30 @@ class LoadedPreset:
         return next((t for t in candidates if t is not None), None)
 
     def save(self, model, directory):
-        """Saves `model` with this preset's preprocessing as a Keras preset."""
+        """Saves `model` with this preset's preprocessing as a Keras preset.
+
+        The backbone's `config.json` also gets the constructor arguments its
+        `get_config()` forgets (keras-hub 0.32's Llama drops
+        `tie_word_embeddings`: a tied model would reload untied and fail).
+        """
         model.save_to_preset(directory)
+        _add_forgotten_arguments(getattr(model, "backbone", model), directory)
         for config_file, layer in self.preprocessing.items():
             if not os.path.exists(os.path.join(directory, config_file)):
                 layer.save_to_preset(directory)
+
+
+def _add_forgotten_arguments(backbone, directory):
+    path = os.path.join(directory, preset_utils.CONFIG_FILE)
+    with open(path) as f:
+        saved = json.load(f)
+    config = saved.get("config", {})
+    missing = {k: v for k, v in with_missing_arguments(backbone, config).items()
+               if k not in config}
+    if missing:
+        saved["config"] = {**config, **missing}
+        with open(path, "w") as f:
+            json.dump(saved, f, indent=4)
 
 
 def _config_class(preset, config_file):
@@ -223,7 +275,9 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         src: a preset directory: a Keras preset (`save_to_preset`) or a
             Hugging Face-format directory keras-hub converts
             (`config.json` with `model_type`, `model.safetensors`, and
-            `vocab.txt` for the tokenizer); or a keras-hub preset name or
+            `vocab.txt` for the tokenizer); a llama.cpp `.gguf` file of a
+            Llama-architecture model (read by `keras_lemon.gguf`,
+            dequantized to float32); or a keras-hub preset name or
             `hf://` / `kaggle://` handle (downloads, needs internet).
         dst: the directory to write. Must not exist, or be empty, unless
             `overwrite=True`.

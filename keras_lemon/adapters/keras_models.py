@@ -591,7 +591,7 @@ class KerasModelAdapter:
         owner = model.backbone if task else model
         config = self.resized_config(owner, dims, target, is_model=True)
         if is_keras_hub_model(owner):
-            config = _with_missing_arguments(owner, config)
+            config = with_missing_arguments(owner, config)
         if config == owner.get_config() and target.hidden != self.source_sizes["hidden"]:
             raise ValueError(
                 f"{self.name}: its get_config() has no size key with the hidden "
@@ -913,7 +913,7 @@ class _FunctionalBuilder:
         return name
 
 
-def _with_missing_arguments(model, config):
+def with_missing_arguments(model, config):
     """`config` plus constructor arguments its `get_config()` forgot.
 
     keras-hub 0.32's `LlamaBackbone.get_config()` leaves out

@@ -63,7 +63,6 @@ CLASS_REFUSALS = {
     "FeaturePyramidBackbone": _CNN,
     "FluxBackbone": ("a diffusion transformer whose blocks are modulated by a timestep "
                      "embedding (adaptive LayerNorm) and use rotary attention: not supported"),
-    "GPTNeoXBackbone": _DECODER,
     "Gemma3Backbone": _DECODER,
     "Gemma3nBackbone": _DECODER,
     "Gemma4Backbone": _DECODER,
@@ -79,7 +78,6 @@ CLASS_REFUSALS = {
     "MoonshineBackbone": _ENCODER_DECODER,
     "PARSeqBackbone": _COMPOSITE,
     "PaliGemmaBackbone": _COMPOSITE,
-    "Phi3Backbone": _DECODER,
     "Qwen3MoeBackbone": _MOE,
     "Qwen3_5Backbone": _DECODER,
     "Qwen3_5MoeBackbone": _MOE,
@@ -120,7 +118,8 @@ def supported_summary():
             "and TextClassifier tasks), ElectraBackbone, ViTBackbone and DeiTBackbone (and "
             "their ImageClassifier tasks), DINOV2Backbone, the CLIP, MetaCLIP2 and SigLIP "
             "vision and text encoders, the decoders LlamaBackbone, Llama3Backbone, "
-            "MistralBackbone, QwenBackbone, Qwen2Backbone, Qwen3Backbone, GPT2Backbone and "
+            "MistralBackbone, QwenBackbone, Qwen2Backbone, Qwen3Backbone, Phi3Backbone, "
+            "GPT2Backbone, GPTNeoXBackbone and "
             "OPTBackbone (and their CausalLM tasks), and in width only AlbertBackbone; your own functional "
             "or subclassed transformers (see the README's census table)")
 

@@ -1,5 +1,5 @@
 """Decoder LLMs (issue 14, first families): keras-hub Llama, Llama3, Mistral,
-Qwen (Qwen2), Qwen3, GPT-2, OPT.
+Qwen (Qwen2), Qwen3, Phi-3, GPT-2, OPT, GPT-NeoX.
 
 Llama: pre-norm with RMSNorms, so the stream grows zero-padded and any width
 is exact; rotary grouped-query attention keeps its head size and its groups
@@ -23,13 +23,16 @@ import keras_lemon
 
 CONFIG = dict(vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
               hidden_dim=16, intermediate_dim=32)
-#: keras-hub decoders built from keras_hub.layers (pre-LN LayerNorms, learned
-#: positions, CachedMultiHeadAttention, tied embeddings).
+#: Pre-LN LayerNorm decoders: GPT-2 and OPT (keras_hub.layers, learned
+#: positions, CachedMultiHeadAttention, tied embeddings) and GPT-NeoX.
 LAYER_NORM_DECODERS = {
     "GPT2Backbone": dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
                          intermediate_dim=32, max_sequence_length=16),
     "OPTBackbone": dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
                         intermediate_dim=32, max_sequence_length=16),
+    # Fused q/k/v, partial rotary, parallel residual (x + attention + MLP).
+    "GPTNeoXBackbone": dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+                            intermediate_dim=32, max_sequence_length=16),
 }
 CASES = {
     "width_not_a_multiple": dict(hidden=24),
@@ -39,11 +42,11 @@ CASES = {
 }
 FAMILIES = [("LlamaBackbone", "LlamaCausalLM"), ("Llama3Backbone", "Llama3CausalLM"),
             ("MistralBackbone", "MistralCausalLM"), ("QwenBackbone", "QwenCausalLM"),
-            ("Qwen3Backbone", "Qwen3CausalLM")]
+            ("Qwen3Backbone", "Qwen3CausalLM"), ("Phi3Backbone", "Phi3CausalLM")]
 #: Per-family arguments: Qwen3 takes its head size explicitly.
 EXTRA = {"Qwen3Backbone": dict(head_dim=4)}
-#: Families whose config has no tie_word_embeddings (Mistral is untied).
-UNTIED_ONLY = {"MistralBackbone"}
+#: Families whose config has no tie_word_embeddings (Mistral, Phi-3: untied).
+UNTIED_ONLY = {"MistralBackbone", "Phi3Backbone"}
 
 
 def backbone(name, tied=False, **overrides):

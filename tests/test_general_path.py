@@ -115,12 +115,12 @@ def test_expand_preset_general_path_backbone(tmp_path):
 
 
 def test_expand_preset_refused_class_names_reason_and_writes_nothing(tmp_path):
-    randomize(keras_hub.models.GPT2Backbone(**CONFIGS["GPT2Backbone"])).save_to_preset(
-        str(tmp_path / "gpt2"))
-    with pytest.raises(ValueError, match="gpt2': GPT2Backbone cannot be expanded: a decoder LLM"):
-        keras_lemon.expand_preset(str(tmp_path / "gpt2"), str(tmp_path / "dst"), hidden=32)
+    randomize(keras_hub.models.FNetBackbone(**CONFIGS["FNetBackbone"])).save_to_preset(
+        str(tmp_path / "fnet"))
+    with pytest.raises(ValueError, match="fnet': FNetBackbone cannot be expanded: FNet mixes"):
+        keras_lemon.expand_preset(str(tmp_path / "fnet"), str(tmp_path / "dst"), hidden=32)
     assert not (tmp_path / "dst").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fnet"]
 
 
 TASKS = [("RobertaBackbone", "RobertaMaskedLM"), ("DistilBertBackbone", "DistilBertTextClassifier"),

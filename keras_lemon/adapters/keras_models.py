@@ -349,7 +349,7 @@ class KerasModelAdapter:
         for t, spec in enumerate(specs):
             block = roles.blocks[spec.template]
             last_norm = block.units[-1].norm
-            projections = {id(u.out_projection.operation) for u in block.units if u.out_projection}
+            projections = {id(n.operation) for u in block.units for n in u.out_projections or ()}
             for layer in block.leaves():
                 if layer.name in shared and any(j.key_layer is layer for j in jobs):
                     continue  # a layer shared by several blocks is written once
@@ -470,7 +470,7 @@ class KerasModelAdapter:
                 continue
             block = self.roles.blocks[spec.template]
             for unit in block.units:
-                if unit.out_projection is None:
+                if not unit.out_projections:
                     raise ExpansionError(
                         f"{self.name}: a residual branch of block {spec.template} does "
                         "not end in a layer with weights (Dense, attention...), so a "

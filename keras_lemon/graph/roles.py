@@ -83,7 +83,7 @@ class Unit:
     branch: int
     output: int
     norm: object = None  # post-LN: the LayerNorm node after the add
-    out_projection: object = None  # the layer node that writes the branch
+    out_projections: list = None  # the layer nodes whose outputs sum to the branch
     nodes: list = dataclasses.field(default_factory=list)
 
     def signature(self):
@@ -371,7 +371,7 @@ class GraphRoles:
             norm = self._follow_to_norm(unit.output)
             if norm is not None:
                 unit.norm, unit.output = norm, norm.outputs[0]
-        unit.out_projection = self._writer(unit.branch)
+        unit.out_projections = self._writers(unit.branch)
         inside = self._ancestors.get(unit.output, set()) | {unit.output}
         before = self._ancestors.get(unit.skip, set()) | {unit.skip}
         for node in self.graph.nodes:
@@ -398,23 +398,39 @@ class GraphRoles:
 
     def _writer(self, key):
         """The layer node whose output reaches `key` through per-feature ops."""
-        for _ in range(16):
-            node = self.producers.get(key)
-            if node is None:
-                return None
-            if node_kind(node) in ("pointwise", "link") and node.inputs:
-                same = [k for k in node.inputs if self.cls(k) == self.cls(key)]
-                if len(same) > 1 and type(node.operation).__name__ == "Multiply":
-                    # A per-feature product with a weight of the layer's own
-                    # (DINOV2's LayerScale `x * lambda1`): follow the
-                    # computed operand; a zero branch stays zero through it.
-                    same = [k for k in same if k in self.producers]
-                if len(same) != 1:
+        writers = self._writers(key)
+        return writers[0] if writers and len(writers) == 1 else None
+
+    def _writers(self, key, budget=16):
+        """The layer nodes whose outputs reach `key` through per-feature ops.
+
+        A sum of computed terms has one writer per term (GPT-NeoX's parallel
+        residual adds attention and feed-forward outputs); None when a path
+        ends anywhere but in a layer with weights.
+        """
+        node = self.producers.get(key)
+        if node is None or budget == 0:
+            return None
+        if node_kind(node) not in ("pointwise", "link") or not node.inputs:
+            return [node] if _is_leaf(node) else None
+        same = [k for k in node.inputs if self.cls(k) == self.cls(key)]
+        name = type(node.operation).__name__ if node.operation is not None else ""
+        if len(same) > 1 and name == "Multiply":
+            # A per-feature product with a weight of the layer's own
+            # (DINOV2's LayerScale `x * lambda1`): follow the computed
+            # operand; a zero branch stays zero through it.
+            same = [k for k in same if k in self.producers]
+        if len(same) > 1 and name in _ADD_OPS and all(k in self.producers for k in same):
+            found = []
+            for term in same:
+                writers = self._writers(term, budget - 1)
+                if writers is None:
                     return None
-                key = same[0]
-                continue
-            return node if _is_leaf(node) else None
-        return None
+                found += writers
+            return found
+        if len(same) != 1:
+            return None
+        return self._writers(same[0], budget - 1)
 
     # --- blocks --------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """`keras-lemon`: expand and inspect keras-hub presets from the command line.
 
     keras-lemon expand SRC DST --hidden 768 --layers 12 [--heads N]
-        [--intermediate N] [--placement interleave|stack]
+        [--intermediate N] [--placement interleave|stack] [--positions I,J,...]
         [--method lemon|net2net|zero_blocks] [--seed N] [--dry-run] [--overwrite]
     keras-lemon inspect SRC
 
@@ -69,6 +69,9 @@ def build_parser():
                         help="target FFN width (default: keep intermediate / hidden)")
     expand.add_argument("--placement", choices=("interleave", "stack"), default="interleave",
                         help="where new blocks go (default: interleave)")
+    expand.add_argument("--positions", type=_positions,
+                        help="comma-separated source block indices: a new block right after "
+                             "each (LLaMA-Pro style; overrides --placement)")
     expand.add_argument("--method", choices=METHODS, default="lemon",
                         help="lemon (default), or the baselines net2net and zero_blocks")
     expand.add_argument("--seed", type=int, help="seed of LEMON's random draws (default: random)")
@@ -122,10 +125,19 @@ def _describe_preset(loaded):
     return " ".join(parts)
 
 
+def _positions(text):
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated block indices such as 3,7,11; got {text!r}") from None
+
+
 def _expand(args):
     check_destination(args.src, args.dst, args.overwrite)
     sizes = dict(hidden=args.hidden, layers=args.layers, heads=args.heads,
-                 intermediate=args.intermediate, placement=args.placement, method=args.method)
+                 intermediate=args.intermediate, placement=args.placement, method=args.method,
+                 positions=args.positions)
     start = time.perf_counter()
     loaded = LoadedPreset(args.src, load_weights=not args.dry_run)
     print(f"source: {_describe_preset(loaded)}")

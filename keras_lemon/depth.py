@@ -18,6 +18,9 @@ Placements:
   several copies per block when `L' > 2L`).
 - `"stack"`: copies of the whole stack, in order, appended after the last
   block (StackBERT-style); the post-LN chain is then the last source block's.
+- `positions=[i, j, ...]`: one new block (a copy of block i) right after
+  source block i for each listed index, as LLaMA-Pro places its blocks
+  (e.g. after every fourth block); an index listed twice gets two.
 
 References:
 - Wang et al., "LEMON: Lossless model expansion", ICLR 2024, section 4.2.
@@ -64,8 +67,17 @@ def copies_per_block(num_source, num_new):
     return counts
 
 
-def depth_plan(num_source, num_target, placement="interleave"):
-    """The list of `BlockSpec` for growing `num_source` blocks to `num_target`."""
+def depth_plan(num_source, num_target, placement="interleave", positions=None):
+    """The list of `BlockSpec` for growing `num_source` blocks to `num_target`.
+
+    With `positions` (source block indices), new blocks go right after those
+    blocks and `num_target` must be `num_source + len(positions)`.
+
+    >>> [s.describe() for s in depth_plan(4, 6, positions=[1, 3])]
+    ['0', '1', 'new<-1', '2', '3', 'new<-3']
+    """
+    if positions is not None:
+        positions = _check_positions(positions, num_source, num_target)
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
     if num_source < 1:
@@ -79,7 +91,9 @@ def depth_plan(num_source, num_target, placement="interleave"):
             f"{num_source}; expansion can only add (layers >= {num_source})."
         )
     num_new = num_target - num_source
-    if placement == "interleave":
+    if positions is not None:
+        chains = [(i, [i] * positions.count(i)) for i in range(num_source)]
+    elif placement == "interleave":
         chains = [(i, [i] * c) for i, c in enumerate(copies_per_block(num_source, num_new))]
     else:
         chains = [(i, []) for i in range(num_source - 1)]
@@ -91,3 +105,22 @@ def depth_plan(num_source, num_target, placement="interleave"):
             last = n == len(templates) - 1
             specs.append(BlockSpec(template, True, True, anchor if last else None))
     return specs
+
+
+def _check_positions(positions, num_source, num_target):
+    """`positions` as a list of ints, or the `ValueError` that says what is wrong."""
+    if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+        raise ValueError(
+            f"positions must be a list of source block indices, got {positions!r}.")
+    positions = list(positions)
+    bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, int)
+           or not 0 <= p < num_source]
+    if bad:
+        raise ValueError(
+            f"positions {bad} are not source block indices: the source has {num_source} "
+            f"blocks (0 to {num_source - 1}); a new block goes right after the block listed.")
+    if num_target != num_source + len(positions):
+        raise ValueError(
+            f"positions lists {len(positions)} new blocks, so layers must be "
+            f"{num_source + len(positions)} (or None), not {num_target}.")
+    return positions

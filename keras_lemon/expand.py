@@ -24,11 +24,15 @@ def _check_options(method, placement):
 
 
 def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method,
-                   config_keys, sample_inputs, exact=True):
+                   config_keys, sample_inputs, exact=True, positions=None):
     """Traces a functional or subclassed model and resolves the target sizes."""
     _check_options(method, placement)
     adapter = graph_adapter(model, config_keys, sample_inputs)
     adapter.exact = exact
+    if positions is not None:
+        # New blocks after the listed source blocks: the depth follows.
+        blocks = len(adapter.roles.blocks)
+        layers = blocks + len(list(positions)) if layers is None else layers
     adapter.check_request(layers, intermediate)
     source = adapter.transformer_sizes()
     target = resolve_sizes(
@@ -37,7 +41,7 @@ def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method
         model_name=adapter.name, tied_heads=adapter.source_sizes["tied_heads"], exact=exact,
     )
     dims = adapter.dims(target)
-    depth = depth_plan(len(adapter.roles.blocks), target.layers, placement) \
+    depth = depth_plan(len(adapter.roles.blocks), target.layers, placement, positions) \
         if adapter.roles.blocks else []
     return adapter, source, target, dims, depth
 
@@ -50,7 +54,7 @@ def _job_path(target_layer):
 
 def expansion_plan(model, *, hidden=None, layers=None, heads=None,
                    intermediate=None, placement="interleave", method="lemon",
-                   config_keys=None, sample_inputs=None, exact=True):
+                   config_keys=None, sample_inputs=None, exact=True, positions=None):
     """What `expand_model` would do, without building the target model.
 
     Runs every layer rule on the source weights and records, for each target
@@ -74,7 +78,7 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
     session = ExpansionSession(method, seed=0, planning=True)
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
-        config_keys, sample_inputs, exact,
+        config_keys, sample_inputs, exact, positions,
     )
     with explaining(model):
         # The rebuilt model may size some layers itself (keras-hub's pooler
@@ -103,7 +107,7 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
 def expand_model(model, *, hidden=None, layers=None, heads=None,
                  intermediate=None, placement="interleave", method="lemon",
                  seed=None, config_keys=None, sample_inputs=None, verify=True,
-                 progress=None, exact=True):
+                 progress=None, exact=True, positions=None):
     """Grows a transformer in width and depth without changing its outputs.
 
     Builds a new model of the same class from the source's config at the
@@ -138,6 +142,10 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
             `intermediate / hidden`).
         placement: `"interleave"` (each block followed by its copies, LEMON's
             default) or `"stack"` (copies of the stack appended).
+        positions: list of source block indices: one new block (a copy of
+            block i) right after each listed block i, as LLaMA-Pro places
+            its blocks; overrides `placement`. `layers` may be left None
+            (it is the source's plus `len(positions)`).
         method: `"lemon"` (random fan-in split, new blocks whose weights
             cancel), `"net2net"` (equal split, zero new blocks: the
             Net2Net / bert2BERT-FPI baseline) or `"zero_blocks"` (LEMON's
@@ -201,7 +209,7 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     session = ExpansionSession(method, seed, progress=progress)
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
-        config_keys, sample_inputs, exact,
+        config_keys, sample_inputs, exact, positions,
     )
     try:
         with explaining(model):

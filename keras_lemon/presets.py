@@ -259,7 +259,7 @@ def _write_record(directory, record):
 def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
                   intermediate=None, placement="interleave", method="lemon",
                   seed=None, overwrite=False, verify=True, tolerance=1e-4,
-                  progress=None, exact=True):
+                  progress=None, exact=True, positions=None):
     """Expands a keras-hub preset into a larger preset, losslessly.
 
     Loads the preset (its task with head and preprocessor when it has one,
@@ -281,8 +281,8 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
             `hf://` / `kaggle://` handle (downloads, needs internet).
         dst: the directory to write. Must not exist, or be empty, unless
             `overwrite=True`.
-        hidden, layers, heads, intermediate, placement, method, seed: as
-            `expand_model`. The seed used (drawn when None) is recorded.
+        hidden, layers, heads, intermediate, placement, method, seed,
+            positions: as `expand_model`. The seed used (drawn when None) is recorded.
         overwrite: replace a non-empty `dst` (only after success).
         verify: reload the written preset and measure the lossless error;
             raise above `tolerance`. With False the metadata records no error.
@@ -327,7 +327,7 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         LoadedPreset(src), dst, hidden=hidden, layers=layers, heads=heads,
         intermediate=intermediate, placement=placement, method=method, seed=seed,
         overwrite=overwrite, verify=verify, tolerance=tolerance, progress=progress,
-        exact=exact,
+        exact=exact, positions=positions,
     )
     return model
 
@@ -335,7 +335,7 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
 def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
                           intermediate=None, placement="interleave", method="lemon",
                           seed=None, overwrite=False, verify=True, tolerance=1e-4,
-                          progress=None, exact=True):
+                          progress=None, exact=True, positions=None):
     """`expand_preset` on an already loaded `LoadedPreset` (the CLI plans first).
 
     Returns:
@@ -350,7 +350,7 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
     model = expand_model(source, hidden=hidden, layers=layers, heads=heads,
                          intermediate=intermediate, placement=placement,
                          method=method, seed=seed, verify=False, progress=progress,
-                         exact=exact)
+                         exact=exact, positions=positions)
     source_sizes = family.sizes(getattr(source, "backbone", source))
     target_sizes = family.sizes(getattr(model, "backbone", model))
     inexact = not exact and target_sizes.hidden % source_sizes.hidden != 0 \
@@ -377,7 +377,7 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
             "target_sizes": target_sizes.as_dict(),
             "exact": not inexact,
             "method": method,
-            "placement": placement,
+            "placement": placement if positions is None else f"positions {list(positions)}",
             "seed": seed,
             "lossless_error": None if inexact else error,
             "approximation_error": error if inexact else None,

@@ -63,6 +63,15 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["small"]
 
 
+def test_dry_run_with_positions(tmp_path, capsys):
+    src, dst = str(tmp_path / "small"), str(tmp_path / "big")
+    vit_classifier_preset(src)
+    code, out, err = run(["expand", src, dst, "--positions", "1,1", "--dry-run"], capsys)
+    assert code == 0, err
+    assert "layers 2->4" in out and "blocks: 0, 1, new<-1, new<-1" in out
+    assert not os.path.exists(dst)
+
+
 def test_inspect_keras_and_hugging_face_presets(tmp_path, capsys):
     src = str(tmp_path / "small")
     bert_masked_lm_preset(src)
@@ -91,6 +100,8 @@ def test_inspect_keras_and_hugging_face_presets(tmp_path, capsys):
     (["expand", "SRC", "DST", "--hidden", "-3"], "argument --hidden: expected a positive integer"),
     (["expand", "SRC", "DST", "--layers", "two"], "argument --layers: expected a positive integer"),
     (["expand", "SRC", "DST", "--placement", "middle"], "argument --placement: invalid choice"),
+    (["expand", "SRC", "DST", "--positions", "1,x"], "argument --positions: expected comma-"),
+    (["expand", "SRC", "DST", "--positions", "5"], "positions [5] are not source block indices"),
     (["expand", "SRC"], "the following arguments are required: DST"),
     (["shrink", "SRC"], "invalid choice: 'shrink'"),
     (["expand", "SRC", "DST", "--hidden", "24"], "hidden must be a multiple of 16"),

@@ -142,3 +142,15 @@ def test_layer_norm_decoders_and_their_causal_lm(name, request_):
     task_class = getattr(keras_hub.models, name.replace("Backbone", "CausalLM"))
     small = randomize(task_class(getattr(keras_hub.models, name)(**config)), 1)
     assert_same_logits_and_generation(small, keras_lemon.expand_model(small, seed=0, **request_))
+
+
+def test_new_blocks_at_chosen_positions():
+    """LLaMA-Pro style: a block after blocks 0 and 1; layers follows from positions."""
+    small = randomize(keras_hub.models.LlamaCausalLM(backbone("LlamaBackbone")), 1)
+    big = keras_lemon.expand_model(small, positions=[0, 1], hidden=24, seed=0)
+    assert big.backbone.num_layers == 4
+    plan = keras_lemon.expansion_plan(small, positions=[1, 1])
+    assert plan.blocks == ["0", "1", "new<-1", "new<-1"]
+    assert_same_logits_and_generation(small, big)
+    with pytest.raises(ValueError, match="LlamaBackbone|positions"):
+        keras_lemon.expand_model(small, positions=[2])

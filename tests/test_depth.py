@@ -43,3 +43,20 @@ def test_bad_depth():
 def test_no_source_block_is_a_clear_error(placement):
     with pytest.raises(ValueError, match="at least one block, got 0"):
         depth_plan(0, 3, placement)
+
+
+def test_positions_place_new_blocks_after_the_listed_blocks():
+    plan = depth_plan(4, 7, positions=[1, 3, 3])
+    assert [s.describe() for s in plan] == ["0", "1", "new<-1", "2", "3", "new<-3", "new<-3"]
+    # post-LN chain after block 3: its LN2 moves to the last new block.
+    assert [s.output_norm_from for s in plan[4:]] == [None, None, 3]
+
+
+@pytest.mark.parametrize("positions,layers,match", [
+    ([4], 5, r"positions \[4\] are not source block indices.*0 to 3"),
+    ([1, 2], 5, "layers must be 6"),
+    ("1,2", 6, "must be a list"),
+])
+def test_bad_positions_are_value_errors(positions, layers, match):
+    with pytest.raises(ValueError, match=match):
+        depth_plan(4, layers, positions=positions)

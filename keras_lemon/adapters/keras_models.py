@@ -918,15 +918,17 @@ def with_missing_arguments(model, config):
 
     keras-hub 0.32's `LlamaBackbone.get_config()` leaves out
     `tie_word_embeddings`: rebuilt from it, a tied model would come back
-    untied. A simple constructor argument that is missing from the config but
-    kept as an attribute of the same name is added back.
+    untied. A boolean constructor argument that is missing from the config
+    but kept as an attribute of the same name is added back (only booleans:
+    an attribute holding a size the model derived, such as a head size,
+    must not pin the target to the source's value).
     """
     config = dict(config)
     for name, parameter in inspect.signature(type(model).__init__).parameters.items():
         if name in config or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
             continue
         value = getattr(model, name, None)
-        if isinstance(value, (bool, int, float, str)) and value != parameter.default:
+        if isinstance(value, bool) and value != parameter.default:
             config[name] = value
     return config
 

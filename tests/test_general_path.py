@@ -1,7 +1,7 @@
 """keras-hub backbones and keras.io examples through the one general path.
 
-These classes have no family adapter: they are traced, their roles inferred
-from the graph, rebuilt from their config and written by the layer rules
+Every model is traced, its roles inferred from the graph, rebuilt from its
+config and written by the layer rules
 (`keras_lemon.support.graph_adapter`). Every weight is randomized (norm
 gammas and betas too); `census.check_request` compares all outputs with the
 source's at `TOLERANCE` on random inputs and checks the source is unchanged.

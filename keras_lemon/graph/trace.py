@@ -317,9 +317,9 @@ def _nodes_between(outputs, stop):
 def should_inline(op):
     """Nested models and custom layers without a rule are opened up.
 
-    So are composite layers whose rule has no graph kind (keras-hub's
-    `TransformerEncoder`, registered for the family adapters): inside a
-    traced graph their sublayers and operations say more than one opaque node.
+    So are composite layers whose rule has no graph kind (a rule that only
+    another rule calls, registered without `kind=`): inside a traced graph
+    their sublayers and operations say more than one opaque node.
     """
     if isinstance(op, keras.Model):
         return True

@@ -66,9 +66,9 @@ def register_rule(layer_class, rule=None, *, kind=None):
             connection). `None` (default): keep the kind already registered
             for this class, if any (overriding the rule of a keras-hub layer
             keeps its role in traced graphs); a class with no kind is
-            supported only inside keras-hub family adapters, and a
-            composite one (with sublayers) is opened up when it appears
-            inside a traced model.
+            expanded only by the rule of a layer that owns it (as
+            `EinsumDense` inside attention), and a composite one (with
+            sublayers) is opened up when it appears inside a traced model.
 
     Returns:
         The rule (so that `@register_rule(MyLayer)` keeps the function).

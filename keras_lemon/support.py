@@ -90,8 +90,6 @@ CLASS_REFUSALS = {
     "SAMBackbone": _COMPOSITE,
     "SegFormerBackbone": _COMPOSITE,
     "SigLIPBackbone": _COMPOSITE,
-    "SmolLM3Backbone": _DECODER,
-    "SmolLMBackbone": _DECODER,
     "StableDiffusion3Backbone": _COMPOSITE,
     "SwinTransformerBackbone": ("window attention with per-head relative position bias "
                                 "tables, and patch merging that changes the width between "
@@ -119,6 +117,7 @@ def supported_summary():
             "their ImageClassifier tasks), DINOV2Backbone, the CLIP, MetaCLIP2 and SigLIP "
             "vision and text encoders, the decoders LlamaBackbone, Llama3Backbone, "
             "MistralBackbone, QwenBackbone, Qwen2Backbone, Qwen3Backbone, Phi3Backbone, "
+            "SmolLM3Backbone, "
             "GPT2Backbone, GPTNeoXBackbone and "
             "OPTBackbone (and their CausalLM tasks), and in width only AlbertBackbone; your own functional "
             "or subclassed transformers (see the README's census table)")

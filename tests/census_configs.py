@@ -12,6 +12,13 @@ TEXT = dict(vocabulary_size=V, num_layers=2, num_heads=2, hidden_dim=16, interme
 DECODER = dict(vocabulary_size=V, num_layers=2, num_query_heads=4, num_key_value_heads=2,
                hidden_dim=16, intermediate_dim=32)
 IMAGE = (16, 16, 3)
+# SmolLM3 takes every argument explicitly; its second layer uses no rotary
+# embedding (NoPE), a per-layer entry that new blocks must copy.
+SMOLLM3 = dict(vocabulary_size=V, hidden_dim=16, intermediate_dim=32, num_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, attention_bias=False,
+               attention_dropout=0.0, rope_layer_enabled_list=[True, False],
+               layer_types=["attention"] * 2, mlp_bias=False, layer_norm_epsilon=1e-6,
+               max_position_embeddings=64, rope_theta=10000.0, partial_rotary_factor=1.0)
 
 CONFIGS = {
     "AlbertBackbone": dict(vocabulary_size=V, num_layers=2, num_heads=2, embedding_dim=8,
@@ -49,6 +56,8 @@ CONFIGS = {
     "Qwen3Backbone": dict(DECODER, head_dim=4),
     "RobertaBackbone": dict(TEXT, max_sequence_length=12),
     "RoformerV2Backbone": dict(TEXT, head_size=8, max_wavelength=100),
+    "SmolLMBackbone": SMOLLM3,  # the same class as SmolLM3Backbone
+    "SmolLM3Backbone": SMOLLM3,
     "T5Backbone": dict(TEXT),
     "ViTBackbone": dict(image_shape=IMAGE, patch_size=4, num_layers=2, num_heads=2,
                         hidden_dim=16, mlp_dim=32),

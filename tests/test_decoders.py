@@ -1,5 +1,5 @@
 """Decoder LLMs (issue 14, first families): keras-hub Llama, Llama3, Mistral,
-Qwen (Qwen2), Qwen3, Phi-3, GPT-2, OPT, GPT-NeoX.
+Qwen (Qwen2), Qwen3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX.
 
 Llama: pre-norm with RMSNorms, so the stream grows zero-padded and any width
 is exact; rotary grouped-query attention keeps its head size and its groups
@@ -154,3 +154,18 @@ def test_new_blocks_at_chosen_positions():
     assert_same_logits_and_generation(small, big)
     with pytest.raises(ValueError, match="LlamaBackbone|positions"):
         keras_lemon.expand_model(small, positions=[2])
+
+
+def test_smollm3_per_layer_rotary_pattern_follows_the_copied_blocks():
+    """SmolLM3 leaves out rotary embeddings in some layers (NoPE), by a per-layer
+    config list: a new block takes its template's entry."""
+    from census_configs import SMOLLM3
+
+    small = randomize(keras_hub.models.SmolLM3CausalLM(
+        randomize(keras_hub.models.SmolLM3Backbone(**SMOLLM3))), 1)
+    for request_ in (dict(positions=[1], hidden=24), dict(layers=4, placement="stack")):
+        big = keras_lemon.expand_model(small, seed=0, **request_)
+        expected = [SMOLLM3["rope_layer_enabled_list"][int(s)] for s in [
+            b.split("<-")[-1] for b in keras_lemon.expansion_plan(small, **request_).blocks]]
+        assert big.backbone.get_config()["rope_layer_enabled_list"] == expected
+        assert_same_logits_and_generation(small, big)

@@ -592,6 +592,7 @@ class KerasModelAdapter:
         config = self.resized_config(owner, dims, target, is_model=True)
         if is_keras_hub_model(owner):
             config = with_missing_arguments(owner, config)
+        config = _per_layer_lists(config, len(self.roles.blocks), specs)
         if config == owner.get_config() and target.hidden != self.source_sizes["hidden"]:
             raise ValueError(
                 f"{self.name}: its get_config() has no size key with the hidden "
@@ -911,6 +912,23 @@ class _FunctionalBuilder:
             name += "_"
         self._names.add(name)
         return name
+
+
+def _per_layer_lists(config, num_blocks, specs):
+    """`config` with its per-layer lists following the blocks' copies.
+
+    A config list with one entry per block under a key that names layers
+    (SmolLM3's `layer_types`, `rope_layer_enabled_list`) describes each
+    block; target block `t` copies source block `specs[t].template`, so it
+    takes that block's entry, and every source block keeps its own.
+    """
+    if not specs or len(specs) == num_blocks and not any(s.is_new for s in specs):
+        return config
+    config = dict(config)
+    for key, value in config.items():
+        if "layer" in key and isinstance(value, (list, tuple)) and len(value) == num_blocks:
+            config[key] = type(value)(value[spec.template] for spec in specs)
+    return config
 
 
 def with_missing_arguments(model, config):

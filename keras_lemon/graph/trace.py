@@ -28,10 +28,12 @@ out of the recorded node.
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 
 import keras
 import numpy as np
+from keras.src import backend as keras_backend
 from keras.src.layers import layer as keras_layer_module
 from keras.src.ops.node import Node as KerasNode
 
@@ -262,7 +264,15 @@ def _spec_from_call(layer):
         try:
             return original(*args, **kwargs)
         except TypeError:
-            return keras.layers.Layer.compute_output_spec(layer, *args, **kwargs)
+            # Run `call` on placeholders (not the layer's own compute_output_shape,
+            # which may expect other arguments, as SmolLM3's attention does);
+            # arguments that are not tensors (a dtype policy) are bound first.
+            tensors = {k: v for k, v in kwargs.items()
+                       if all(isinstance(t, keras.KerasTensor) or t is None
+                              for t in keras.tree.flatten(v))}
+            call = functools.partial(
+                layer.call, **{k: v for k, v in kwargs.items() if k not in tensors})
+            return keras_backend.compute_output_spec(call, *args, **tensors)
 
     return compute_output_spec
 

@@ -6,3 +6,4 @@ from keras_lemon.rules.keras_hub import llama  # noqa: F401
 from keras_lemon.rules.keras_hub import llama_like  # noqa: F401
 from keras_lemon.rules.keras_hub import modeling  # noqa: F401
 from keras_lemon.rules.keras_hub import roformer_v2  # noqa: F401
+from keras_lemon.rules.keras_hub import smollm3  # noqa: F401

@@ -39,18 +39,14 @@ register_attention_shape(
     input_arguments=("hidden_states",))
 
 
-def expand_grouped_query_attention(layer, ctx, query_heads, kv_heads, head_dim,
-                                   query="_query_dense", key="_key_dense",
-                                   value="_value_dense", output="_output_dense"):
-    """Grouped-query attention with EinsumDense kernels `(hidden, heads, head_dim)`
-    and an output kernel `(heads, head_dim, hidden)`.
+def check_groups(ctx, query_heads, kv_heads):
+    """The KV heads' `DimExpansion` that keeps `query_heads / kv_heads` per group.
 
     Query heads grow circularly (`ctx.dims["heads"]`); KV heads grow to
     `heads / groups`, circularly too, so query head `j` (a copy of `j mod H`)
     reads KV head `j // groups` (a copy of `(j mod H) // groups`).
     """
-    heads, key_dim = ctx.dims["heads"], ctx.dims["key_dim"]
-    require_fixed_head_size(ctx, head_dim)
+    heads = ctx.dims["heads"]
     groups = query_heads // kv_heads
     if heads.target % groups:
         raise ctx.error(
@@ -58,7 +54,20 @@ def expand_grouped_query_attention(layer, ctx, query_heads, kv_heads, head_dim,
             f"group); {heads.target} query heads cannot keep the groups. Use a number of "
             f"heads that is a multiple of {groups}."
         )
-    kv = DimExpansion(kv_heads, heads.target // groups, "circular")
+    return DimExpansion(kv_heads, heads.target // groups, "circular")
+
+
+def expand_grouped_query_attention(layer, ctx, query_heads, kv_heads, head_dim,
+                                   query="_query_dense", key="_key_dense",
+                                   value="_value_dense", output="_output_dense"):
+    """Grouped-query attention with EinsumDense kernels `(hidden, heads, head_dim)`
+    and an output kernel `(heads, head_dim, hidden)`.
+
+    Query and KV heads grow together (`check_groups`).
+    """
+    heads, key_dim = ctx.dims["heads"], ctx.dims["key_dim"]
+    require_fixed_head_size(ctx, head_dim)
+    kv = check_groups(ctx, query_heads, kv_heads)
     inp = ctx.dims["input"]
     ctx.expand_sublayer(query, flags={"fan_in": {0: inp}, "fan_out": {1: heads}})
     for name in (key, value):

@@ -11,7 +11,6 @@ applied to every unit alike when:
 """
 
 import keras
-import numpy as np
 
 LINEAR, ZERO_PRESERVING, ANY = "linear", "zero-preserving", "per-feature"
 
@@ -24,7 +23,10 @@ def activation_linearity(activation):
     """
     if activation is None or activation is keras.activations.linear:
         return LINEAR
-    zero = keras.ops.convert_to_numpy(activation(np.zeros((1,), "float32")))
+    # A backend tensor, not a NumPy array: an activation written with Python
+    # operators (`x * ops.sigmoid(1.702 * x)`, CLIP's quick_gelu) fails on
+    # torch for an ndarray times a torch tensor.
+    zero = keras.ops.convert_to_numpy(activation(keras.ops.zeros((1,), "float32")))
     return ZERO_PRESERVING if float(zero[0]) == 0.0 else ANY
 
 

@@ -109,20 +109,6 @@ CLASS_REFUSALS = {
 }
 
 
-#: Classes whose attention layers the torch backend does not trace yet: there
-#: the symbolic call of the attention layer also records its sublayers' calls
-#: (under investigation); TensorFlow and JAX expand them.
-TORCH_PENDING = ("DebertaV3", "Llama", "Mistral", "Phi3", "Qwen", "SmolLM", "CLIP",
-                 "MetaCLIP2")
-
-
-def torch_pending(model_or_class):
-    """True on the torch backend for a class in `TORCH_PENDING` (by name prefix)."""
-    cls = model_or_class if isinstance(model_or_class, type) else type(
-        getattr(model_or_class, "backbone", model_or_class))
-    return keras.backend.backend() == "torch" and cls.__name__.startswith(TORCH_PENDING)
-
-
 def supported_summary():
     """One sentence listing what is supported, for error messages."""
     return ("supported: BertBackbone, RobertaBackbone, XLMRobertaBackbone, "
@@ -162,11 +148,6 @@ def check_supported(model):
             f"('{getattr(model, 'name', model)}'): pass a keras.Model (functional "
             f"or subclassed) or a keras-hub model; {supported_summary()}."
         )
-    if torch_pending(model):
-        raise ExpansionError(
-            f"{type(model).__name__} '{model.name}' cannot be expanded on the torch backend "
-            "yet: its attention layers are not traced correctly there. Expand it on the "
-            "TensorFlow or JAX backend (KERAS_BACKEND) and load the saved preset on torch.")
     reason = refusal(model)
     if reason is not None:
         raise ExpansionError(

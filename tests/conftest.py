@@ -135,15 +135,3 @@ def inputs_for(model):
 @pytest.fixture
 def make_model():
     return lambda name: MODEL_BUILDERS[name]()
-
-
-def skip_if_torch_pending(name):
-    """Skips on torch for a class `keras_lemon.support.TORCH_PENDING` names."""
-    import keras_hub as hub
-
-    from keras_lemon.support import torch_pending
-
-    cls = getattr(hub.models, name, None) if isinstance(name, str) else name
-    if cls is not None and torch_pending(cls):
-        pytest.skip(f"{cls.__name__}: expanded on TensorFlow and JAX; on torch it is refused "
-                    "with its reason (keras_lemon.support.TORCH_PENDING)")

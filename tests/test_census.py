@@ -11,7 +11,6 @@ from census import backbone_classes
 from census import census_row
 from census import readme_rows
 from census_configs import CONFIGS
-from conftest import skip_if_torch_pending
 
 from keras_lemon.support import CLASS_REFUSALS
 
@@ -29,7 +28,6 @@ def test_readme_lists_every_class():
 
 @pytest.mark.parametrize("name", [n for n in backbone_classes() if n in CONFIGS])
 def test_census(name):
-    skip_if_torch_pending(name)
     _, width, depth, tasks, reason = census_row(name)
     assert readme_rows()[name] == (width, depth, tasks), (
         f"{name}: measured width {width}, depth {depth}, tasks [{tasks}] ({reason}); the "

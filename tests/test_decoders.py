@@ -18,7 +18,6 @@ from census import check_request
 from conftest import TOLERANCE
 from conftest import randomize
 from conftest import relative_error
-from conftest import skip_if_torch_pending
 
 import keras_lemon
 
@@ -51,7 +50,6 @@ UNTIED_ONLY = {"MistralBackbone", "Phi3Backbone"}
 
 
 def backbone(name, tied=False, **overrides):
-    skip_if_torch_pending(name)
     tie = {} if name in UNTIED_ONLY else {"tie_word_embeddings": tied}
     return randomize(getattr(keras_hub.models, name)(
         **{**CONFIG, **EXTRA.get(name, {}), **tie, **overrides}))
@@ -163,7 +161,6 @@ def test_smollm3_per_layer_rotary_pattern_follows_the_copied_blocks():
     config list: a new block takes its template's entry."""
     from census_configs import SMOLLM3
 
-    skip_if_torch_pending("SmolLM3Backbone")
     small = randomize(keras_hub.models.SmolLM3CausalLM(
         randomize(keras_hub.models.SmolLM3Backbone(**SMOLLM3))), 1)
     for request_ in (dict(positions=[1], hidden=24), dict(layers=4, placement="stack")):

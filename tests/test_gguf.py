@@ -14,7 +14,6 @@ import keras_hub
 import numpy as np
 import pytest
 from conftest import TOLERANCE
-from conftest import skip_if_torch_pending
 from preset_builders import tree_digest
 from safetensors.numpy import load_file
 
@@ -118,7 +117,6 @@ def test_gguf_to_hf_directory_gives_back_the_weights(tmp_path):
 
 
 def test_expand_preset_from_a_gguf_file(tmp_path):
-    skip_if_torch_pending("Llama3Backbone")
     path = str(tmp_path / "tiny.gguf")
     write_tiny_llama_gguf(path)
     before = tree_digest(str(tmp_path))

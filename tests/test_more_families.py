@@ -28,7 +28,6 @@ from census_configs import CONFIGS
 from conftest import TOLERANCE
 from conftest import randomize
 from conftest import relative_error
-from conftest import skip_if_torch_pending
 
 import keras_lemon
 from keras_lemon import DimExpansion
@@ -42,7 +41,6 @@ CASES = {
 
 
 def build(name, **overrides):
-    skip_if_torch_pending(name)
     return randomize(getattr(keras_hub.models, name)(**{**CONFIGS[name], **overrides}))
 
 
@@ -115,7 +113,6 @@ ENCODERS = {"CLIPVisionEncoder": VISION, "CLIPTextEncoder": TEXT,
 
 
 def _encoder(name):
-    skip_if_torch_pending(name)
     return randomize(getattr(keras_hub.models, name)(**ENCODERS[name]))
 
 

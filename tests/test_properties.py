@@ -21,7 +21,6 @@ from census import check_request
 from conftest import TOLERANCE
 from conftest import randomize
 from conftest import relative_error
-from conftest import skip_if_torch_pending
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -149,7 +148,6 @@ def test_keras_hub_backbones(family, case):
 def test_more_keras_hub_backbones(family, case):
     (hidden, heads, layers, ffn), kwargs, (multiple, fits) = case
     post_ln, fixed_head_size = MORE_HUB_FAMILIES[family]
-    skip_if_torch_pending(family)
     config = dict(num_layers=layers, num_heads=heads, hidden_dim=hidden, intermediate_dim=ffn)
     if family == "DeiTBackbone":
         config.update(image_shape=(8, 8, 3), patch_size=4)

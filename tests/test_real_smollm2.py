@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from conftest import TOLERANCE
 from conftest import relative_error
-from conftest import skip_if_torch_pending
 from numpy_llama import llama_logits
 
 import keras_lemon
@@ -79,7 +78,6 @@ def test_checkpoint_reads_as_smollm2(smollm2):
 
 @pytest.mark.parametrize("request_", [dict(hidden=1152), dict(layers=60)])
 def test_expanded_smollm2_logits_and_greedy_tokens(smollm2, request_):
-    skip_if_torch_pending("Llama3Backbone")
     causal_lm, inputs, exact, tokenizer = smollm2
     big = keras_lemon.expand_model(causal_lm, seed=0, **request_)
     assert big.backbone.num_key_value_heads * 3 == big.backbone.num_query_heads

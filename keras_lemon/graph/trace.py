@@ -101,6 +101,7 @@ class TensorGraph:
         self.variables = []  # the traced model's variables
         self.variable_of_constant = {}  # constant key -> key of the variable it repeats
         self._parents = [None]
+        self._computing_specs = 0  # > 0 while a sublayer computes its output spec
 
     def key(self, value):
         key = id(value)
@@ -223,14 +224,15 @@ class TensorGraph:
             def call(*args, __sub=sub, __original=original, **kwargs):
                 result = __original(*args, **kwargs)
                 flat = keras.tree.flatten((args, kwargs))
-                if flat and not any(isinstance(v, keras.KerasTensor) for v in flat) \
+                if flat and not self._computing_specs \
+                        and not any(isinstance(v, keras.KerasTensor) for v in flat) \
                         and all(_is_concrete(v) for v in flat):
                     self._record_eager(__sub, args, kwargs, result)
                 return result
 
             call.__wrapped__ = original  # its signature is the original's
             sub.call = call
-            sub.compute_output_spec = _spec_from_call(sub)
+            sub.compute_output_spec = self._counting_spec_calls(_spec_from_call(sub))
             wrapped.append(sub)
         try:
             yield
@@ -238,6 +240,24 @@ class TensorGraph:
             for sub in wrapped:
                 del sub.call
                 del sub.compute_output_spec
+
+    def _counting_spec_calls(self, compute_output_spec):
+        """`compute_output_spec` that marks the calls it makes as not the graph's.
+
+        A symbolic sublayer call computes its output spec by running `call`
+        on placeholders. The torch backend runs it on real zero tensors on
+        the CPU when its meta tensors fail (keras-hub's rotary attention):
+        those inner calls are concrete, yet they are not constants the
+        traced layer uses, and must not be recorded as eager nodes.
+        """
+        def counted(*args, **kwargs):
+            self._computing_specs += 1
+            try:
+                return compute_output_spec(*args, **kwargs)
+            finally:
+                self._computing_specs -= 1
+
+        return counted
 
     def _record_eager(self, layer, args, kwargs, result):
         outputs = keras.tree.flatten(result)

@@ -18,6 +18,12 @@ Placements:
   several copies per block when `L' > 2L`).
 - `"stack"`: copies of the whole stack, in order, appended after the last
   block (StackBERT-style); the post-LN chain is then the last source block's.
+- a layer pattern of period `p` (Gemma 2 alternates sliding-window and
+  global attention, `i % 2`; Gemma 3 repeats five local layers and one
+  global, `i % 6`): the model computes each block's kind from its index,
+  so `"interleave"` inserts whole periods, `p` new blocks copying source
+  blocks `jp ... jp + p - 1` right after block `jp + p - 1`, and every
+  block keeps its index modulo `p`.
 - `positions=[i, j, ...]`: one new block (a copy of block i) right after
   source block i for each listed index, as LLaMA-Pro places its blocks
   (e.g. after every fourth block); an index listed twice gets two.
@@ -67,14 +73,18 @@ def copies_per_block(num_source, num_new):
     return counts
 
 
-def depth_plan(num_source, num_target, placement="interleave", positions=None):
+def depth_plan(num_source, num_target, placement="interleave", positions=None, period=1):
     """The list of `BlockSpec` for growing `num_source` blocks to `num_target`.
 
     With `positions` (source block indices), new blocks go right after those
-    blocks and `num_target` must be `num_source + len(positions)`.
+    blocks and `num_target` must be `num_source + len(positions)`. With a
+    `period` above 1, `"interleave"` inserts whole periods (see the module
+    docstring); `num_target - num_source` must then be a multiple of it.
 
     >>> [s.describe() for s in depth_plan(4, 6, positions=[1, 3])]
     ['0', '1', 'new<-1', '2', '3', 'new<-3']
+    >>> [s.describe() for s in depth_plan(4, 6, period=2)]
+    ['0', '1', 'new<-0', 'new<-1', '2', '3']
     """
     if positions is not None:
         positions = _check_positions(positions, num_source, num_target)
@@ -93,6 +103,8 @@ def depth_plan(num_source, num_target, placement="interleave", positions=None):
     num_new = num_target - num_source
     if positions is not None:
         chains = [(i, [i] * positions.count(i)) for i in range(num_source)]
+    elif placement == "interleave" and period > 1 and num_new:
+        chains = _period_chains(num_source, num_new, period)
     elif placement == "interleave":
         chains = [(i, [i] * c) for i, c in enumerate(copies_per_block(num_source, num_new))]
     else:
@@ -105,6 +117,23 @@ def depth_plan(num_source, num_target, placement="interleave", positions=None):
             last = n == len(templates) - 1
             specs.append(BlockSpec(template, True, True, anchor if last else None))
     return specs
+
+
+def _period_chains(num_source, num_new, period):
+    """Interleave whole periods: after block `jp + p - 1`, copies of `jp ... jp + p - 1`."""
+    if num_new % period or num_source < period:
+        raise ValueError(
+            f"the blocks follow a pattern of period {period} computed from their index, "
+            f"so new blocks must come in whole periods: {num_new} new blocks is not a "
+            f"multiple of {period}" + (f" (and the source has only {num_source} blocks)"
+                                        if num_source < period else "")
+            + f"; ask for layers = {num_source} + a multiple of {period}.")
+    counts = copies_per_block(num_source // period, num_new // period)
+    chains = [(i, []) for i in range(num_source)]
+    for j, count in enumerate(counts):
+        end = (j + 1) * period - 1
+        chains[end] = (end, list(range(j * period, end + 1)) * count)
+    return chains
 
 
 def _check_positions(positions, num_source, num_target):

@@ -6,7 +6,6 @@ import numpy as np
 
 from keras_lemon import deferred
 from keras_lemon.depth import PLACEMENTS
-from keras_lemon.depth import depth_plan
 from keras_lemon.engine import ExpansionSession
 from keras_lemon.plan import ExpansionPlan
 from keras_lemon.sizes import resolve_sizes
@@ -41,7 +40,7 @@ def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method
         model_name=adapter.name, tied_heads=adapter.source_sizes["tied_heads"], exact=exact,
     )
     dims = adapter.dims(target)
-    depth = depth_plan(len(adapter.roles.blocks), target.layers, placement, positions) \
+    depth = adapter.depth_plan(target.layers, placement, positions) \
         if adapter.roles.blocks else []
     return adapter, source, target, dims, depth
 

@@ -63,10 +63,8 @@ CLASS_REFUSALS = {
     "FeaturePyramidBackbone": _CNN,
     "FluxBackbone": ("a diffusion transformer whose blocks are modulated by a timestep "
                      "embedding (adaptive LayerNorm) and use rotary attention: not supported"),
-    "Gemma3Backbone": _DECODER,
     "Gemma3nBackbone": _DECODER,
     "Gemma4Backbone": _DECODER,
-    "GemmaBackbone": _DECODER,
     "GptOssBackbone": _MOE,
     "HGNetV2Backbone": _CNN,
     "MetaCLIP2Backbone": _COMPOSITE,
@@ -117,7 +115,7 @@ def supported_summary():
             "their ImageClassifier tasks), DINOV2Backbone, the CLIP, MetaCLIP2 and SigLIP "
             "vision and text encoders, the decoders LlamaBackbone, Llama3Backbone, "
             "MistralBackbone, QwenBackbone, Qwen2Backbone, Qwen3Backbone, Phi3Backbone, "
-            "SmolLM3Backbone, "
+            "SmolLM3Backbone, GemmaBackbone (Gemma and Gemma 2), Gemma3Backbone (text), "
             "GPT2Backbone, GPTNeoXBackbone and "
             "OPTBackbone (and their CausalLM tasks), and in width only AlbertBackbone; your own functional "
             "or subclassed transformers (see the README's census table)")
@@ -130,7 +128,11 @@ def refusal(model):
     of `LlamaBackbone` is a Llama; `DINOV2Backbone`, a subclass of the
     refused `FeaturePyramidBackbone`, is judged as itself).
     """
-    return _class_refusal(type(getattr(model, "backbone", model)))
+    backbone = getattr(model, "backbone", model)
+    if getattr(backbone, "vision_encoder", None) is not None:
+        # Gemma 3 and other multimodal backbones: a vision tower of its own width.
+        return f"it holds a vision encoder beside its text decoder: {_COMPOSITE}"
+    return _class_refusal(type(backbone))
 
 
 def _class_refusal(backbone_class):

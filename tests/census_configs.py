@@ -44,6 +44,7 @@ CONFIGS = {
     "FNetBackbone": dict(vocabulary_size=V, num_layers=2, hidden_dim=16, intermediate_dim=32,
                          max_sequence_length=12),
     "GemmaBackbone": dict(DECODER, head_dim=4),
+    "Gemma3Backbone": dict(DECODER, head_dim=4, image_size=16),
     "GPT2Backbone": dict(TEXT, max_sequence_length=12),
     "GPTNeoXBackbone": dict(TEXT, max_sequence_length=12),
     "LlamaBackbone": dict(DECODER),

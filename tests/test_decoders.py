@@ -1,5 +1,5 @@
-"""Decoder LLMs (issue 14, first families): keras-hub Llama, Llama3, Mistral,
-Qwen (Qwen2), Qwen3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX.
+"""Decoder LLMs (issue 14): keras-hub Llama, Llama3, Mistral, Qwen (Qwen2),
+Qwen3, Phi-3, SmolLM3, GPT-2, OPT, GPT-NeoX, Gemma, Gemma 2 and Gemma 3.
 
 Llama: pre-norm with RMSNorms, so the stream grows zero-padded and any width
 is exact; rotary grouped-query attention keeps its head size and its groups
@@ -84,6 +84,19 @@ def _tokens(seed=0, length=7):
     return {"token_ids": token_ids * padding_mask, "padding_mask": padding_mask}
 
 
+def greedy_tokens(model, prompt):
+    """Greedy decoding of a preprocessed batch through the KV cache.
+
+    Calls the task's generate function itself, as `generate()` does batch by
+    batch (`Gemma3CausalLM.generate` without a preprocessor fails in
+    keras-hub 0.32 while it joins its outputs: it concatenates `images=None`).
+    """
+    model.compile(sampler="greedy")
+    generate = model.make_generate_function()
+    inputs = {k: keras.ops.convert_to_tensor(v) for k, v in prompt.items()}
+    return keras.ops.convert_to_numpy(generate(inputs, stop_token_ids=None)["token_ids"])
+
+
 def assert_same_logits_and_generation(small, big):
     """Logits at `TOLERANCE`, and greedy decoding through the KV cache (shaped
     by the KV heads and the head size) token for token."""
@@ -91,11 +104,8 @@ def assert_same_logits_and_generation(small, big):
     error = relative_error(keras.ops.convert_to_numpy(small(inputs)).astype("float64"),
                            keras.ops.convert_to_numpy(big(inputs)).astype("float64"))
     assert error <= TOLERANCE, error
-    for model in (small, big):
-        model.compile(sampler="greedy")
     prompt = _tokens(seed=1, length=4)
-    expected = keras.ops.convert_to_numpy(small.generate(prompt, stop_token_ids=None)["token_ids"])
-    actual = keras.ops.convert_to_numpy(big.generate(prompt, stop_token_ids=None)["token_ids"])
+    expected, actual = greedy_tokens(small, prompt), greedy_tokens(big, prompt)
     np.testing.assert_array_equal(expected, actual)
     assert (expected != prompt["token_ids"]).any()  # it generated something
 
@@ -169,3 +179,82 @@ def test_smollm3_per_layer_rotary_pattern_follows_the_copied_blocks():
             b.split("<-")[-1] for b in keras_lemon.expansion_plan(small, **request_).blocks]]
         assert big.backbone.get_config()["rope_layer_enabled_list"] == expected
         assert_same_logits_and_generation(small, big)
+
+
+#: Gemma (plain), Gemma 2 (a GemmaBackbone config: branch-output norms, soft-caps,
+#: sliding-window layers alternating by index, queries scaled by
+#: 1/sqrt(hidden // heads) with a head size of its own) and Gemma 3 text
+#: (five local layers and one global, q/k norms).
+GEMMAS = {
+    "gemma": ("GemmaBackbone", dict(CONFIG, head_dim=4)),
+    "gemma2": ("GemmaBackbone", dict(
+        CONFIG, num_layers=4, head_dim=8, query_head_dim_normalize=False,
+        use_post_attention_norm=True, use_post_ffw_norm=True, attention_logit_soft_cap=5.0,
+        final_logit_soft_cap=3.0, use_sliding_window_attention=True, sliding_window_size=3)),
+    "gemma3": ("Gemma3Backbone", dict(
+        CONFIG, num_layers=6, head_dim=8, image_size=16, query_head_dim_normalize=False,
+        use_post_attention_norm=True, use_post_ffw_norm=True,
+        use_sliding_window_attention=True, sliding_window_size=3)),
+}
+#: One period of each layer pattern (new blocks come in whole periods).
+PERIODS = {"gemma": 1, "gemma2": 2, "gemma3": 6}
+
+
+def gemma(variant):
+    name, config = GEMMAS[variant]
+    return randomize(getattr(keras_hub.models, name)(**config))
+
+
+@pytest.mark.parametrize("variant", sorted(GEMMAS))
+def test_gemma_backbones_lossless(variant):
+    layers = GEMMAS[variant][1]["num_layers"]
+    for request_ in (dict(hidden=32), dict(layers=layers + PERIODS[variant]),
+                     dict(hidden=48, layers=layers + 2 * PERIODS[variant], placement="stack")):
+        status, error = check_request(gemma(variant), request_)
+        assert status == "yes", (request_, error)
+
+
+@pytest.mark.parametrize("variant", sorted(GEMMAS))
+def test_gemma_causal_lm_logits_and_greedy_generation(variant):
+    name, config = GEMMAS[variant]
+    task_class = getattr(keras_hub.models, name.replace("Backbone", "CausalLM"))
+    small = randomize(task_class(backbone=gemma(variant), preprocessor=None), 1)
+    big = keras_lemon.expand_model(small, hidden=32, layers=config["num_layers"] + PERIODS[variant],
+                                   seed=0)
+    assert big.backbone.hidden_dim == 32 and big.backbone.intermediate_dim == 64
+    assert_same_logits_and_generation(small, big)
+
+
+def test_gemma_layer_patterns_are_kept_by_whole_periods():
+    """Gemma 2 alternates sliding-window and global layers by index: each block
+    keeps its kind, and a new block has its template's."""
+    small = gemma("gemma2")
+    plan = keras_lemon.expansion_plan(small, layers=8)
+    assert plan.blocks == ["0", "1", "new<-0", "new<-1", "2", "3", "new<-2", "new<-3"]
+    big = keras_lemon.expand_model(small, layers=8, seed=0)
+    templates = [int(b.split("<-")[-1]) for b in plan.blocks]
+    kinds = [layer.attention.use_sliding_window_attention for layer in big.transformer_layers]
+    assert kinds == [small.transformer_layers[t].attention.use_sliding_window_attention
+                     for t in templates]
+    with pytest.raises(ValueError, match="GemmaBackbone.*whole periods.*multiple of 2"):
+        keras_lemon.expand_model(small, layers=5)
+    with pytest.raises(ValueError, match="GemmaBackbone.*pattern.*index 2"):
+        keras_lemon.expand_model(small, positions=[1, 3])
+    with pytest.raises(ValueError, match="Gemma3Backbone.*multiple of 6"):
+        keras_lemon.expand_model(gemma("gemma3"), layers=9)
+
+
+def test_gemma_width_must_be_a_multiple():
+    # keras-hub builds Gemma's block norms with a fixed epsilon (not the config's).
+    with pytest.raises(ValueError, match="GemmaBackbone.*epsilon.*multiple of 16"):
+        keras_lemon.expand_model(gemma("gemma"), hidden=24)
+
+
+def test_gemma3_with_a_vision_encoder_is_refused():
+    encoder = keras_hub.models.Gemma3VisionEncoder(
+        image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1,
+        intermediate_dim=16, output_dim=16, pool_size=2)
+    name, config = GEMMAS["gemma3"]
+    model = keras_hub.models.Gemma3Backbone(**{**config, "vision_encoder": encoder})
+    with pytest.raises(ValueError, match="Gemma3Backbone.*vision encoder"):
+        keras_lemon.expand_model(model, hidden=32)

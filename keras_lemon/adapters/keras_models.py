@@ -41,6 +41,8 @@ from keras_lemon.rules.core_layers import attention_shape
 from keras_lemon.rules.core_layers import is_rms_norm
 from keras_lemon.rules.core_layers import norm_variance_ratio
 from keras_lemon.rules.registry import get_rule
+from keras_lemon.rules.registry import model_traits
+from keras_lemon.depth import depth_plan
 from keras_lemon.sizes import TransformerSizes
 
 try:
@@ -224,6 +226,7 @@ class KerasModelAdapter:
         from the last dims made here, whatever order those run in.
         """
         self._dims = self._make_dims(target)
+        self._target = target
         self._layout = None
         return self._dims
 
@@ -332,11 +335,14 @@ class KerasModelAdapter:
             for layer in block.leaves():
                 in_block[id(layer)] = b
         jobs = []
-        scales = self._tied_output_scales(dim_of)
+        embedding, factor = self._embedding_rescale()
+        scales = self._tied_output_scales(dim_of, embedding, factor)
         for node in roles.leaf_nodes:
             layer = node.operation
             if layer.weights and id(layer) not in in_block and not _seen(jobs, layer):
                 flags = {"output_scale": scales[id(layer)]} if id(layer) in scales else {}
+                if layer is embedding and factor != 1.0:
+                    flags = {"output_scale": factor}
                 jobs.append(Job(None, layer, layer, leaf_dims[id(layer)], flags))
         shared = self._shared_block_layers()
         if shared and any(spec.is_new for spec in specs):
@@ -385,13 +391,64 @@ class KerasModelAdapter:
             seen |= ids
         return shared
 
-    def _tied_output_scales(self, dim_of):
+    def _embedding_rescale(self):
+        """`(embedding layer, factor)` for a model that scales its token embedding.
+
+        `ModelTraits.embedding_scale` (Gemma: `sqrt(hidden_dim)`) is
+        recomputed by the rebuilt model: its table is multiplied by
+        `source factor / target factor`, so the stream is what it was.
+        `(None, 1.0)` otherwise.
+        """
+        traits = model_traits(self.model)
+        if traits.embedding_scale is None:
+            return None, 1.0
+        owner = getattr(self.model, "backbone", self.model)
+        source = traits.embedding_scale(owner.get_config())
+        target = traits.embedding_scale(
+            self.resized_config(owner, self._dims, self._target, is_model=True))
+        return getattr(owner, traits.embedding), source / target
+
+    def depth_plan(self, num_target, placement="interleave", positions=None):
+        """`keras_lemon.depth.depth_plan` for this model's blocks and layer pattern.
+
+        A family whose blocks follow a pattern computed from their index
+        (`ModelTraits.layer_pattern`) grows by whole periods under
+        "interleave"; any plan that would give a block another kind than
+        its source (or template) had is refused with the reason.
+        """
+        blocks = len(self.roles.blocks)
+        traits = model_traits(self.model)
+        owner = getattr(self.model, "backbone", self.model)
+        pattern = traits.layer_pattern(owner.get_config()) if traits.layer_pattern else ("",)
+        try:
+            specs = depth_plan(blocks, num_target, placement, positions, period=len(pattern))
+        except ValueError as error:
+            if len(pattern) == 1:
+                raise
+            raise ExpansionError(f"{self.name}: {error}") from error
+        wrong = [(t, spec) for t, spec in enumerate(specs)
+                 if pattern[t % len(pattern)] != pattern[spec.template % len(pattern)]]
+        if wrong:
+            t, spec = wrong[0]
+            raise ExpansionError(
+                f"{self.name}: its blocks follow a pattern of kinds computed from their index "
+                f"({', '.join(pattern)}, repeating), which its config cannot set per block, "
+                f"and this plan would put block {spec.describe()} "
+                f"({pattern[spec.template % len(pattern)]}) at index {t} "
+                f"({pattern[t % len(pattern)]}). Use placement='interleave' without positions "
+                f"(it inserts whole periods of {len(pattern)} blocks), or positions that keep "
+                "every block's index modulo the period.")
+        return specs
+
+    def _tied_output_scales(self, dim_of, embedding=None, factor=1.0):
         """`{LayerNorm id: 1/k}` for the LayerNorms that feed tied output embeddings.
 
         A tied `ReversibleEmbedding(x, reverse=True)` computes `h' . E'`; with
         `k` copies of every unit in both (the pattern of a LayerNorm's output:
         circular, or zero extras) that is `k` times `h . E`. The LayerNorm that
-        writes `h` divides its gamma and beta by `k` (LEMON does this for BERT).
+        writes `h` divides its gamma and beta by `k` (LEMON does this for BERT),
+        and by `factor` too when the table is `embedding`, rescaled by it
+        (`_embedding_rescale`).
         """
         scales = {}
         for node in self.roles.leaf_nodes:
@@ -400,7 +457,7 @@ class KerasModelAdapter:
                     and node.argument(1, "reverse")):
                 continue
             dim = dim_of(node.inputs[0])
-            if dim.is_identity:
+            if dim.is_identity and (layer is not embedding or factor == 1.0):
                 continue
             writer = self.roles._writer(node.inputs[0])
             readers = self.roles.consumers.get(writer.outputs[0], []) if writer else []
@@ -414,8 +471,9 @@ class KerasModelAdapter:
             # Zero extras add nothing; inexact partial copies (exact=False)
             # count as the mean number of copies.
             partial = dim.extras and dim.pattern == "circular"
-            scales[id(writer.operation)] = dim.source / dim.target if partial \
-                else 1.0 / dim.copies
+            scales[id(writer.operation)] = (dim.source / dim.target if partial
+                                            else 1.0 / dim.copies) / (
+                factor if layer is embedding else 1.0)
         return scales
 
     def fit_to_targets(self, targets):
@@ -545,6 +603,10 @@ class KerasModelAdapter:
                 if source_values[role] is not None and isinstance(value, int) \
                         and not isinstance(value, bool) and value == source_values[role]:
                     config[key] = target_values[role]
+        if is_model:
+            for key, (role, factor) in model_traits(self.model).size_multiples.items():
+                if source_values[role] is not None and config.get(key) == factor * source_values[role]:
+                    config[key] = factor * target_values[role]
         # Grouped-query attention keeps its groups: KV heads grow with the heads.
         for key in KV_HEAD_KEYS:
             kv = config.get(key)

@@ -141,6 +141,7 @@ class GraphRoles:
         self.model_name = model_name
         self.classes = _UnionFind()
         self.norm_input = {}  # LN output class -> LN input class
+        self.norm_pairs = []  # (output class, input class) of every norm call
         self.rms_outputs = set()  # classes written by RMSNorms
         self.flatten_input = {}  # Flatten output class -> (outer, input class)
         self.pointwise = []  # (node, linearity)
@@ -162,9 +163,12 @@ class GraphRoles:
         self.hidden = self._stream_size()
         self.post_ln = self._detect_post_ln()
         # A LayerNorm that writes the stream without reading it (BERT's
-        # embedding LayerNorm) reads an activation that grows as the stream.
-        self.norm_into_stream = {i for o, i in self.norm_input.items()
+        # embedding LayerNorm; Gemma 2's norms of each branch's output)
+        # reads an activation that grows as the stream.
+        self.norm_into_stream = {i for o, i in self.norm_pairs
                                  if o in self.stream_classes} - self.stream_classes
+        self.rms_into_stream = self.norm_into_stream and all(
+            o in self.rms_outputs for o, i in self.norm_pairs if i in self.norm_into_stream)
         self.stream_classes |= self.norm_into_stream
         self.ffn_classes = self._find_ffn_classes()
         self.attention_nodes = [n for n in self.leaf_nodes if node_kind(n) == "attention"]
@@ -273,6 +277,7 @@ class GraphRoles:
                     self.classes.union(id(query), id(value))
             elif kind == "normalization":
                 self.norm_input[node.outputs[0]] = node.inputs[0]
+                self.norm_pairs.append((node.outputs[0], node.inputs[0]))
                 if is_rms_norm(node.operation):
                     self.rms_outputs.add(node.outputs[0])
             elif kind == "opaque":
@@ -281,6 +286,7 @@ class GraphRoles:
             self.classes.union(variable, constant)
         # Re-key the relations by class now that every union is done.
         self.norm_input = {self.cls(o): self.cls(i) for o, i in self.norm_input.items()}
+        self.norm_pairs = [(self.cls(o), self.cls(i)) for o, i in self.norm_pairs]
         self.rms_outputs = {self.cls(o) for o in self.rms_outputs}
         self.flatten_input = {self.cls(o): (n, self.cls(i)) for o, (n, i) in self.flatten_input.items()}
 
@@ -411,6 +417,13 @@ class GraphRoles:
         node = self.producers.get(key)
         if node is None or budget == 0:
             return None
+        if node_kind(node) == "normalization" and self.cls(node.inputs[0]) in \
+                self.norm_into_stream and self.cls(key) in self.rms_outputs:
+            # An RMSNorm of the branch's output (Gemma 2's post-attention
+            # norm) writes the branch: a new block zeroes its scale. (Zeroing
+            # the projection before it would not do: cancelling copies sum
+            # to 0 only up to round-off, which the norm scales up to O(1).)
+            return [node]
         if node_kind(node) not in ("pointwise", "link") or not node.inputs:
             return [node] if _is_leaf(node) else None
         same = [k for k in node.inputs if self.cls(k) == self.cls(key)]
@@ -530,7 +543,10 @@ class GraphRoles:
     def check(self, dim):
         """Raises for operations that cannot pass an expanded activation exactly."""
         stream = dim(next(iter(self.units)).skip)
-        if self.norm_into_stream and not self.post_ln and stream.extras:
+        # RMSNorms over zero extras give zero extras: a zero-padded stream may
+        # be written by them.
+        exact_norms = self.rms_into_stream and stream.pattern == "zero"
+        if self.norm_into_stream and not self.post_ln and stream.extras and not exact_norms:
             raise ExpansionError(
                 f"{self.model_name}: a LayerNormalization writes the residual stream of this "
                 f"pre-LN model (its embedding LayerNorm), so the stream would grow "

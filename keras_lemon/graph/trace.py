@@ -35,6 +35,7 @@ import keras
 import numpy as np
 from keras.src import backend as keras_backend
 from keras.src.layers import layer as keras_layer_module
+from keras.src.ops import numpy as keras_numpy_ops
 from keras.src.ops.node import Node as KerasNode
 
 from keras_lemon.graph.feature_ops import feature_behavior
@@ -382,6 +383,43 @@ def _nodes_without_none():
         keras_layer_module.Node = original
 
 
+#: Keras ops whose symbolic result is sparse when an operand is a concrete
+#: array (it has no `.sparse`, and Keras assumes it may be sparse).
+_SPARSE_BY_DEFAULT = (keras_numpy_ops.Multiply, keras_numpy_ops.Matmul)
+
+
+@contextlib.contextmanager
+def _dense_constants():
+    """Concrete arrays count as dense in `x * constant` while the trace runs.
+
+    Gemma multiplies its embedding by `ops.cast(ops.sqrt(hidden_dim), ...)`,
+    a concrete array; Keras then marks the symbolic product sparse, and the
+    next sublayer traced on it (an RMSNorm computing `x + eps`) fails. Keras
+    builds the model without that symbolic call, so it does not see this.
+    """
+    originals = {op: op.compute_output_spec for op in _SPARSE_BY_DEFAULT}
+
+    def dense(value):
+        if isinstance(value, keras.KerasTensor) or not hasattr(value, "shape") \
+                or not hasattr(value, "dtype"):
+            return value
+        return keras.KerasTensor(tuple(value.shape), dtype=keras.backend.standardize_dtype(
+            value.dtype), sparse=False)
+
+    def patched(original):
+        def compute_output_spec(self, x1, x2):
+            return original(self, dense(x1), dense(x2))
+        return compute_output_spec
+
+    for op, original in originals.items():
+        op.compute_output_spec = patched(original)
+    try:
+        yield
+    finally:
+        for op, original in originals.items():
+            op.compute_output_spec = original
+
+
 @contextlib.contextmanager
 def preserved_nodes(model):
     """Restores the node lists of every operation in `model` on exit."""
@@ -418,7 +456,8 @@ def trace_model(model, input_specs):
     graph.variables = list(model.weights)
     graph.input_structure = input_specs
     graph.inputs = [graph.key(t) for t in keras.tree.flatten(input_specs)]
-    with preserved_nodes(model), graph.recording_eager_calls(model), _nodes_without_none():
+    with preserved_nodes(model), graph.recording_eager_calls(model), _nodes_without_none(), \
+            _dense_constants():
         outputs = graph.trace(model, (input_specs,), {})
     graph.output_structure = outputs
     graph.outputs = [graph.key(t) for t in keras.tree.flatten(outputs)]

@@ -71,7 +71,8 @@ def expand_rms_norm(layer, ctx, scale="scale", offset=0.0):
     Copies get `offset + scale' = eta (offset + scale)`; extras (zero input)
     keep a random scale, their output being 0 anyway. Flags: `identity`
     (a post-LN norm set to the identity scale for depth growth),
-    `output_scale` (tied output embeddings). The target layer's epsilon must
+    `output_scale` (tied output embeddings), `zero_output` (it ends a new
+    block's residual branch: `offset + scale' = 0`). The target layer's epsilon must
     be `eta^2 eps` (checked against `layer.epsilon`, when it has one).
 
     Args:
@@ -101,6 +102,11 @@ def expand_rms_norm(layer, ctx, scale="scale", offset=0.0):
             )
     if ctx.flags.identity:
         ctx.set(scale, np.full(inp.target, 1.0 - offset, np.float32), "identity scale")
+        return
+    if ctx.flags.zero_output:
+        # It ends a new block's branch (Gemma 2's post-attention norm): its
+        # output is exactly 0, and the gradient of its scale is not.
+        ctx.set(scale, np.full(inp.target, -offset, np.float32), "zero output")
         return
     eta = math.sqrt(ratio)
     effective = ctx.source_value(scale) + offset
@@ -145,8 +151,7 @@ def _check_activation(layer, ctx, output):
         return
     name = getattr(activation, "__name__", str(activation))
     if output.pattern == "zero":
-        zero = keras.ops.convert_to_numpy(activation(np.zeros((1,), "float32")))
-        if float(zero[0]) == 0.0:
+        if activation_linearity(activation) != ANY:
             return
     raise ctx.error(
         f"its activation '{name}' is applied before it writes into an "
@@ -169,26 +174,48 @@ def expand_dense(layer, ctx):
                 "projection with a linear (or relu/gelu-like) activation."
             )
         ctx.cancel("kernel", {0: inp}, {1: out})
-        if layer.use_bias:
+        if layer.bias is not None:
             ctx.zeros("bias", {0: out})
         return
     ctx.fan_in("kernel", {0: inp}, {1: out})
-    if layer.use_bias:
+    if layer.bias is not None:
         ctx.fan_out("bias", {0: out})
 
 
-@register_rule(keras.layers.EinsumDense)
+def is_dense_like(layer):
+    """True for an EinsumDense that is a Dense on the last axis (`"btd,df->btf"`).
+
+    keras-hub's Gemma writes its feed-forward layers this way.
+    """
+    equation = getattr(layer, "equation", "").replace(" ", "")
+    try:
+        inputs, output = equation.split("->")
+        source, kernel = inputs.split(",")
+    except ValueError:
+        return False
+    return (len(kernel) == 2 and "." not in equation and source[:-1] == output[:-1]
+            and kernel == source[-1] + output[-1] and kernel[0] not in output
+            and kernel[1] not in source and layer.bias_axes in (None, "", output[-1]))
+
+
+@register_rule(keras.layers.EinsumDense, kind="projection")
 def expand_einsum_dense(layer, ctx):
     """EinsumDense: the enclosing rule names the kernel's axes in `ctx.flags`.
 
     Flags: `fan_in` and `fan_out` (`{kernel axis: dim}`), `scale` (default 1),
-    `zero_output`. The bias spans the kernel's trailing output axes.
+    `zero_output`. The bias spans the kernel's trailing output axes. Without
+    `fan_in` (an EinsumDense met in a traced graph), one that is a Dense on
+    the last axis (`is_dense_like`) is expanded like a Dense.
     """
     if ctx.flags.fan_in is None:
-        raise ctx.error(
-            "an EinsumDense on its own has no known input/output axes; expand it "
-            "from the rule of the layer that owns it, or register a rule."
-        )
+        if not is_dense_like(layer):
+            raise ctx.error(
+                f"an EinsumDense with equation {layer.equation!r} on its own has no known "
+                "input/output axes (only a Dense-like one, 'btd,df->btf', has); expand it "
+                "from the rule of the layer that owns it, or register a rule."
+            )
+        expand_dense(layer, ctx)
+        return
     fan_in, fan_out = ctx.flags.fan_in, ctx.flags.fan_out or {}
     kernel_rank = len(layer.kernel.shape)
     bias_rank = len(layer.bias.shape) if layer.bias is not None else 0
@@ -272,8 +299,9 @@ def expand_layer_norm(layer, ctx):
 
 @register_rule(keras.layers.Embedding, kind="projection")
 def expand_embedding(layer, ctx):
-    """Embedding: the feature axis is fan-out with the pattern of `"output"`."""
-    ctx.fan_out("embeddings", {1: ctx.dims["output"]})
+    """Embedding: the feature axis is fan-out with the pattern of `"output"`
+    (`output_scale` rescales the table, see `ModelTraits.embedding_scale`)."""
+    ctx.fan_out("embeddings", {1: ctx.dims["output"]}, scale=ctx.flags.output_scale)
 
 
 @register_rule(keras.layers.Conv2D, kind="projection")

@@ -112,6 +112,54 @@ class ExpansionError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelTraits:
+    """What a model family computes from its config outside its layers.
+
+    The rebuilt model computes these again from its new config, so the
+    expansion must account for them; the graph shows only their values.
+
+    Attributes:
+        embedding_scale: `config -> factor` that the token embedding's
+            output is multiplied by (Gemma: `sqrt(hidden_dim)`). The table
+            is rescaled by `source factor / target factor`, and a tied output
+            projection's final norm by the inverse.
+        embedding: attribute of the backbone holding that embedding.
+        size_multiples: `{config key: (role, factor)}` for a size key that
+            holds `factor` times the size of a role (`"hidden"`, `"heads"`,
+            `"intermediate"`...): Gemma's `intermediate_dim` is twice each
+            gated feed-forward layer's width.
+        layer_pattern: `config -> tuple` of block kinds, one per position of
+            a period (Gemma 2: `("sliding", "global")`; Gemma 3: five
+            `"local"` and one `"global"`): block `i` is of kind
+            `pattern[i % len(pattern)]`. Existing blocks must keep their
+            kind and a new block gets the kind of the block it copies;
+            "interleave" then inserts whole periods (`keras_lemon.depth`).
+    """
+
+    embedding_scale: object = None
+    embedding: str = "token_embedding"
+    size_multiples: dict = dataclasses.field(default_factory=dict)
+    layer_pattern: object = None
+
+
+_MODEL_TRAITS = {}
+
+
+def register_model_traits(model_class, **traits):
+    """Declares a model class's `ModelTraits` (keyword arguments: its fields)."""
+    _MODEL_TRAITS[model_class] = ModelTraits(**traits)
+
+
+def model_traits(model):
+    """The `ModelTraits` of `model` (a task: of its backbone); defaults if none."""
+    model = getattr(model, "backbone", model)
+    for cls in type(model).__mro__:
+        if cls in _MODEL_TRAITS:
+            return _MODEL_TRAITS[cls]
+    return ModelTraits()
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerFlags:
     """Per-layer instructions from the enclosing rule or the model path (`ctx.flags`).
 
@@ -124,7 +172,8 @@ class LayerFlags:
             (cancelling weights for `"lemon"`, zeros for the baselines).
         identity: a post-LN LayerNorm set to gamma 1, beta 0 (depth growth).
         output_scale: multiplies a LayerNorm's gamma and beta (tied output
-            embeddings: 1 / the number of copies).
+            embeddings: 1 / the number of copies), or an embedding table
+            (`ModelTraits.embedding_scale`).
         fan_in, fan_out: `{kernel axis: DimExpansion}` of an `EinsumDense`,
             named by the layer that owns it (attention).
         scale: multiplies an `EinsumDense`'s result (the query when the

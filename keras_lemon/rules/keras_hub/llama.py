@@ -59,19 +59,25 @@ def check_groups(ctx, query_heads, kv_heads):
 
 def expand_grouped_query_attention(layer, ctx, query_heads, kv_heads, head_dim,
                                    query="_query_dense", key="_key_dense",
-                                   value="_value_dense", output="_output_dense"):
-    """Grouped-query attention with EinsumDense kernels `(hidden, heads, head_dim)`
-    and an output kernel `(heads, head_dim, hidden)`.
+                                   value="_value_dense", output="_output_dense",
+                                   hidden_axis=0, query_scale=1.0, key_scale=1.0):
+    """Grouped-query attention with EinsumDense q/k/v kernels `(hidden, heads,
+    head_dim)` (or `(heads, hidden, head_dim)` with `hidden_axis=1`, as in
+    Gemma) and an output kernel `(heads, head_dim, hidden)`.
 
-    Query and KV heads grow together (`check_groups`).
+    Query and KV heads grow together (`check_groups`). `query_scale` and
+    `key_scale` multiply the query and key projections.
     """
     heads, key_dim = ctx.dims["heads"], ctx.dims["key_dim"]
     require_fixed_head_size(ctx, head_dim)
     kv = check_groups(ctx, query_heads, kv_heads)
     inp = ctx.dims["input"]
-    ctx.expand_sublayer(query, flags={"fan_in": {0: inp}, "fan_out": {1: heads}})
-    for name in (key, value):
-        ctx.expand_sublayer(name, flags={"fan_in": {0: inp}, "fan_out": {1: kv}})
+    head_axis = 1 - hidden_axis
+    ctx.expand_sublayer(query, flags={"fan_in": {hidden_axis: inp}, "fan_out": {head_axis: heads},
+                                      "scale": query_scale})
+    for name, scale in ((key, key_scale), (value, 1.0)):
+        ctx.expand_sublayer(name, flags={"fan_in": {hidden_axis: inp},
+                                         "fan_out": {head_axis: kv}, "scale": scale})
     ctx.expand_sublayer(
         output, flags={"fan_in": {0: heads, 1: key_dim}, "fan_out": {2: ctx.dims["output"]},
                        "zero_output": ctx.flags.zero_output})

@@ -21,7 +21,11 @@ def expand_position_embedding(layer, ctx):
 
 @register_rule(keras.layers.ReversibleEmbedding, kind="projection")
 def expand_reversible_embedding(layer, ctx):
-    """Token table fan-out; an untied reverse projection reads `"reverse_input"`."""
-    ctx.fan_out("embeddings", {1: ctx.dims["output"]})
+    """Token table fan-out; an untied reverse projection reads `"reverse_input"`.
+
+    `output_scale` rescales the table (a model that multiplies the embedding
+    by a factor of its width, as Gemma does by `sqrt(hidden_dim)`).
+    """
+    ctx.fan_out("embeddings", {1: ctx.dims["output"]}, scale=ctx.flags.output_scale)
     if not layer.tie_weights:
         ctx.fan_in("reverse_embeddings", {0: ctx.dims["reverse_input"]})

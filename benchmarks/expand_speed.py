@@ -19,6 +19,14 @@ is pre-LN and goes exactly base -> large, 12x768 -> 24x1024):
     python benchmarks/expand_speed.py                # all backends, both models
     python benchmarks/expand_speed.py --quick        # small sizes, a smoke run
     python benchmarks/expand_speed.py --backends jax --models bert
+    python benchmarks/expand_speed.py --models llama_depth,llama_width
+
+Llama-3.2-1B-shaped (issue 14): 16 x 2048, 32 query / 8 KV heads of 64,
+intermediate 8192, a 32k vocabulary, tied (~1.0B parameters, 4.2 GB fp32),
+to 32 layers (~2.0B) and to 1.5x width (3072, 48 / 12 heads; ~2.3B).
+
+Rows already in `results/expand_speed.json` are kept (`--again` measures
+them anew), so a run stopped midway resumes with what is missing.
 """
 
 import argparse
@@ -27,6 +35,10 @@ import os
 import subprocess
 import sys
 
+LLAMA_1B = dict(vocabulary_size=32000, num_layers=16, num_query_heads=32, num_key_value_heads=8,
+                hidden_dim=2048, intermediate_dim=8192, tie_word_embeddings=True)
+LLAMA_QUICK = dict(vocabulary_size=1000, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                   hidden_dim=64, intermediate_dim=256, tie_word_embeddings=True)
 MODELS = {
     # name: (class, source config, target sizes)
     "bert": ("BertBackbone",
@@ -42,6 +54,10 @@ MODELS = {
                 dict(vocabulary_size=50265, num_layers=12, num_heads=12, hidden_dim=768,
                      intermediate_dim=3072, max_sequence_length=512),
                 dict(layers=24, hidden=1536)),
+    # Llama-3.2-1B-shaped (32k vocabulary, random weights; ~1.0B parameters):
+    # to 32 layers (~2.0B) and to 1.5x width, 48 / 12 heads of 64 (~2.3B).
+    "llama_depth": ("LlamaBackbone", LLAMA_1B, dict(layers=32, hidden=2048)),
+    "llama_width": ("LlamaBackbone", LLAMA_1B, dict(layers=16, hidden=3072)),
 }
 QUICK = {
     "bert": ("BertBackbone",
@@ -56,6 +72,8 @@ QUICK = {
                 dict(vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
                      intermediate_dim=256, max_sequence_length=64),
                 dict(layers=4, hidden=128)),
+    "llama_depth": ("LlamaBackbone", LLAMA_QUICK, dict(layers=4, hidden=64)),
+    "llama_width": ("LlamaBackbone", LLAMA_QUICK, dict(layers=2, hidden=96)),
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "expand_speed.json")
 
@@ -96,8 +114,12 @@ def child(spec):
 def run(backend, mode, name, table):
     cls, source_config, target = table[name]
     target_config = dict(source_config)
-    target_config.update(num_layers=target["layers"], hidden_dim=target["hidden"],
-                         num_heads=source_config["num_heads"] * target["hidden"] // source_config["hidden_dim"])
+    grow = target["hidden"] / source_config["hidden_dim"]
+    target_config.update(num_layers=target["layers"], hidden_dim=target["hidden"])
+    # Heads grow with the width (their size stays); KV heads keep the groups.
+    for heads in ("num_heads", "num_query_heads", "num_key_value_heads"):
+        if heads in source_config:
+            target_config[heads] = round(source_config[heads] * grow)
     key = "intermediate_dim" if "intermediate_dim" in source_config else "mlp_dim"
     target_config[key] = source_config[key] * target["hidden"] // source_config["hidden_dim"]
     spec = dict(mode=mode, source_config=source_config, target_config=target_config,
@@ -113,8 +135,10 @@ def run(backend, mode, name, table):
 def main():
     parser = argparse.ArgumentParser(description="expand_model speed/memory vs scratch")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--models", default="bert,vit,roberta")
+    parser.add_argument("--models", default="bert,vit,roberta,llama_depth,llama_width")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--again", action="store_true",
+                        help="measure again the rows already in results/expand_speed.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -124,9 +148,18 @@ def main():
               "peak MB (scratch)", "peak MB (expand)", "expand above import MB",
               "fp32 src+tgt MB", "RSS ratio")
     print(" | ".join(header))
+    # Rows already measured are kept and skipped (a run may span sessions).
     rows = []
+    if not args.quick and os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            rows = json.load(f)
     for backend in args.backends.split(","):
         for name in args.models.split(","):
+            done = [r for r in rows if (r["backend"], r["model"]) == (backend, name)]
+            if done and not args.again:
+                print(" | ".join(done[0].values()), "(kept)", flush=True)
+                continue
+            rows = [r for r in rows if (r["backend"], r["model"]) != (backend, name)]
             scratch = run(backend, "scratch", name, table)
             expand = run(backend, "expand", name, table)
             fp32_mb = (expand["source_params"] + expand["target_params"]) * 4 / 2**20

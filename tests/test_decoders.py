@@ -208,8 +208,8 @@ def gemma(variant):
 @pytest.mark.parametrize("variant", sorted(GEMMAS))
 def test_gemma_backbones_lossless(variant):
     layers = GEMMAS[variant][1]["num_layers"]
-    for request_ in (dict(hidden=32), dict(layers=layers + PERIODS[variant]),
-                     dict(hidden=48, layers=layers + 2 * PERIODS[variant], placement="stack")):
+    for request_ in (dict(hidden=24), dict(hidden=32), dict(layers=layers + PERIODS[variant]),
+                     dict(hidden=40, layers=layers + 2 * PERIODS[variant], placement="stack")):
         status, error = check_request(gemma(variant), request_)
         assert status == "yes", (request_, error)
 
@@ -219,9 +219,9 @@ def test_gemma_causal_lm_logits_and_greedy_generation(variant):
     name, config = GEMMAS[variant]
     task_class = getattr(keras_hub.models, name.replace("Backbone", "CausalLM"))
     small = randomize(task_class(backbone=gemma(variant), preprocessor=None), 1)
-    big = keras_lemon.expand_model(small, hidden=32, layers=config["num_layers"] + PERIODS[variant],
+    big = keras_lemon.expand_model(small, hidden=24, layers=config["num_layers"] + PERIODS[variant],
                                    seed=0)
-    assert big.backbone.hidden_dim == 32 and big.backbone.intermediate_dim == 64
+    assert big.backbone.hidden_dim == 24 and big.backbone.intermediate_dim == 48
     assert_same_logits_and_generation(small, big)
 
 
@@ -244,10 +244,19 @@ def test_gemma_layer_patterns_are_kept_by_whole_periods():
         keras_lemon.expand_model(gemma("gemma3"), layers=9)
 
 
-def test_gemma_width_must_be_a_multiple():
-    # keras-hub builds Gemma's block norms with a fixed epsilon (not the config's).
-    with pytest.raises(ValueError, match="GemmaBackbone.*epsilon.*multiple of 16"):
-        keras_lemon.expand_model(gemma("gemma"), hidden=24)
+def test_gemma_non_multiple_width_scales_the_stream_not_the_epsilons():
+    # keras-hub builds Gemma's block norms with a fixed epsilon (not the
+    # config's): the zero-padded stream is scaled by 1/eta instead.
+    small = gemma("gemma2")
+    big = keras_lemon.expand_model(small, hidden=24, seed=0)
+    assert big.layer_norm_epsilon == small.layer_norm_epsilon
+    assert big.transformer_layers[0].pre_attention_norm.epsilon == 1e-6
+    eta = np.sqrt(16 / 24)
+    table = keras.ops.convert_to_numpy(big.token_embedding.embeddings)
+    source = keras.ops.convert_to_numpy(small.token_embedding.embeddings)
+    # sqrt(16 / 24) for the new sqrt(hidden_dim), 1 / eta for the stream.
+    np.testing.assert_allclose(table[:, :16], source * np.sqrt(16 / 24) / eta, rtol=1e-6)
+    np.testing.assert_array_equal(table[:, 16:], 0)
 
 
 def test_gemma3_with_a_vision_encoder_is_refused():

@@ -23,12 +23,14 @@ an inexact expansion raises instead of returning a silently lossy model.
 
 import dataclasses
 import inspect
+import math
 
 import keras
 import keras_hub
 import numpy as np
 
 from keras_lemon import deferred
+from keras_lemon.depth import depth_plan
 from keras_lemon.graph.roles import GraphRoles
 from keras_lemon.graph.roles import node_kind
 from keras_lemon.graph.trace import should_inline
@@ -42,7 +44,6 @@ from keras_lemon.rules.core_layers import is_rms_norm
 from keras_lemon.rules.core_layers import norm_variance_ratio
 from keras_lemon.rules.registry import get_rule
 from keras_lemon.rules.registry import model_traits
-from keras_lemon.depth import depth_plan
 from keras_lemon.sizes import TransformerSizes
 
 try:
@@ -336,13 +337,25 @@ class KerasModelAdapter:
                 in_block[id(layer)] = b
         jobs = []
         embedding, factor = self._embedding_rescale()
-        scales = self._tied_output_scales(dim_of, embedding, factor)
+        stream_scale = self.stream_scale(dims)
+        writers, readers = self._stream_writers_and_readers(stream_scale)
+        scales = self._tied_output_scales(dim_of, embedding, factor * stream_scale)
+
+        def stream_flags(layer, flags, output_scale=1.0):
+            """`flags` with the scales of a scaled stream (see `stream_scale`)."""
+            if id(layer) in writers and not flags.get("zero_output"):
+                output_scale *= stream_scale
+            if output_scale != 1.0:
+                flags["output_scale"] = output_scale
+            if id(layer) in readers:
+                flags["input_scale"] = stream_scale
+            return flags
+
         for node in roles.leaf_nodes:
             layer = node.operation
             if layer.weights and id(layer) not in in_block and not _seen(jobs, layer):
-                flags = {"output_scale": scales[id(layer)]} if id(layer) in scales else {}
-                if layer is embedding and factor != 1.0:
-                    flags = {"output_scale": factor}
+                scale = scales.get(id(layer), 1.0) * (factor if layer is embedding else 1.0)
+                flags = stream_flags(layer, {}, scale)
                 jobs.append(Job(None, layer, layer, leaf_dims[id(layer)], flags))
         shared = self._shared_block_layers()
         if shared and any(spec.is_new for spec in specs):
@@ -372,10 +385,12 @@ class KerasModelAdapter:
                             source = carried.operation
                     elif any(layer is n for n in norms) and spec.input_norm_identity:
                         flags["identity"] = True
+                scale = 1.0
                 if id(source) in scales and t == len(specs) - 1 and not flags.get("identity"):
                     # The last block's output norm feeds a tied output embedding
                     # (RoformerV2's masked-LM head reads the stream directly).
-                    flags["output_scale"] = scales[id(source)]
+                    scale = scales[id(source)]
+                flags = stream_flags(layer, flags, scale)
                 jobs.append(Job(t, source, layer, leaf_dims[id(layer)], flags))
         self._check_new_blocks(specs)
         jobs.extend(self._own_variable_jobs(dims, dim_of, specs))
@@ -390,6 +405,54 @@ class KerasModelAdapter:
             shared |= {layer.name for layer in block.leaves() if id(layer) in seen}
             seen |= ids
         return shared
+
+    def stream_scale(self, dims):
+        """`c` by which a zero-padded stream is scaled instead of changing epsilons.
+
+        A zero-padded stream of a width `D` that is not a multiple of `d`
+        has `mean(x^2)` scaled by `eta^2 = k d / D`; the RMSNorms reading it
+        stay exact with `eps' = eta^2 eps`. When the model builds its norms
+        with an epsilon that its config cannot change
+        (`ModelTraits.fixed_norm_epsilon`: keras-hub's Gemma), the whole
+        stream is multiplied by `c = 1 / eta` instead: every layer writing it
+        scales its output by `c`, so `mean(x'^2) = c^2 eta^2 mean(x^2) =
+        mean(x^2)`, and every RMSNorm reading it sees `c x / sqrt(mean(x^2)
+        + eps)` with its own epsilon; its scale is multiplied by `eta`
+        (as always) and the output is exact. 1.0 when not needed.
+        """
+        stream = dims["stream"]
+        ratio = norm_variance_ratio(stream)
+        if ratio == 1.0 or stream.pattern != "zero" \
+                or not model_traits(self.model).fixed_norm_epsilon:
+            return 1.0
+        return 1.0 / math.sqrt(ratio)
+
+    def _stream_writers_and_readers(self, stream_scale):
+        """Ids of the layers that write the stream and of the norms that read it.
+
+        Empty unless the stream is scaled; then a layer with weights other
+        than a norm that reads the stream (it would have to undo the scale)
+        is refused.
+        """
+        if stream_scale == 1.0:
+            return set(), set()
+        roles = self.roles
+        writers, readers = set(), set()
+        for node in roles.leaf_nodes:
+            layer = node.operation
+            if not layer.weights:
+                continue
+            if any(roles.cls(k) in roles.stream_classes for k in node.outputs):
+                writers.add(id(layer))
+            if any(roles.cls(k) in roles.stream_classes for k in node.inputs):
+                if node_kind(node) != "normalization":
+                    raise ExpansionError(
+                        f"{self.name}: layer {layer.name!r} ({type(layer).__name__}) reads the "
+                        "residual stream directly, and this model's norms have an epsilon "
+                        "fixed in code, so a width that is not a multiple scales the stream; "
+                        f"use a multiple of {self.source_sizes['hidden']}.")
+                readers.add(id(layer))
+        return writers, readers
 
     def _embedding_rescale(self):
         """`(embedding layer, factor)` for a model that scales its token embedding.
@@ -622,6 +685,8 @@ class KerasModelAdapter:
         # epsilon * k d / D (their rule checks it, so a shared key that also
         # sets a norm elsewhere fails there, loudly).
         ratio = norm_variance_ratio(dims["stream"])
+        if self.stream_scale(dims) != 1.0:
+            ratio = 1.0  # the stream is scaled instead (see `stream_scale`)
         for key in EPSILON_KEYS:
             if ratio != 1.0 and isinstance(config.get(key), float):
                 config[key] = config[key] * ratio

@@ -71,8 +71,10 @@ def expand_rms_norm(layer, ctx, scale="scale", offset=0.0):
     Copies get `offset + scale' = eta (offset + scale)`; extras (zero input)
     keep a random scale, their output being 0 anyway. Flags: `identity`
     (a post-LN norm set to the identity scale for depth growth),
-    `output_scale` (tied output embeddings), `zero_output` (it ends a new
-    block's residual branch: `offset + scale' = 0`). The target layer's epsilon must
+    `output_scale` (tied output embeddings, a scaled stream), `zero_output`
+    (it ends a new block's residual branch: `offset + scale' = 0`),
+    `input_scale` (a scaled stream: the epsilon must be `input_scale^2`
+    times `eta^2 eps`). The target layer's epsilon must
     be `eta^2 eps` (checked against `layer.epsilon`, when it has one).
 
     Args:
@@ -92,7 +94,8 @@ def expand_rms_norm(layer, ctx, scale="scale", offset=0.0):
     ratio = norm_variance_ratio(inp)
     eps = getattr(layer, "epsilon", None)
     if ctx.target is not None and eps is not None:
-        want = eps * ratio
+        # A scaled stream (flags.input_scale = 1 / eta) keeps the epsilon.
+        want = eps * ratio * ctx.flags.input_scale ** 2
         if not math.isclose(ctx.target.epsilon, want, rel_tol=1e-6):
             raise ctx.error(
                 f"the target epsilon is {ctx.target.epsilon}, but an exact expansion "
@@ -177,9 +180,10 @@ def expand_dense(layer, ctx):
         if layer.bias is not None:
             ctx.zeros("bias", {0: out})
         return
-    ctx.fan_in("kernel", {0: inp}, {1: out})
+    scale = ctx.flags.output_scale  # a projection writing a scaled stream
+    ctx.fan_in("kernel", {0: inp}, {1: out}, scale=scale)
     if layer.bias is not None:
-        ctx.fan_out("bias", {0: out})
+        ctx.fan_out("bias", {0: out}, scale=scale)
 
 
 def is_dense_like(layer):

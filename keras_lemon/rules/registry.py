@@ -128,6 +128,10 @@ class ModelTraits:
             holds `factor` times the size of a role (`"hidden"`, `"heads"`,
             `"intermediate"`...): Gemma's `intermediate_dim` is twice each
             gated feed-forward layer's width.
+        fixed_norm_epsilon: the model builds its stream's norms with an
+            epsilon that its config does not set (keras-hub's Gemma blocks):
+            a zero-padded stream of a width that is not a multiple is scaled
+            instead (`KerasModelAdapter.stream_scale`).
         layer_pattern: `config -> tuple` of block kinds, one per position of
             a period (Gemma 2: `("sliding", "global")`; Gemma 3: five
             `"local"` and one `"global"`): block `i` is of kind
@@ -139,6 +143,7 @@ class ModelTraits:
     embedding_scale: object = None
     embedding: str = "token_embedding"
     size_multiples: dict = dataclasses.field(default_factory=dict)
+    fixed_norm_epsilon: bool = False
     layer_pattern: object = None
 
 
@@ -172,8 +177,12 @@ class LayerFlags:
             (cancelling weights for `"lemon"`, zeros for the baselines).
         identity: a post-LN LayerNorm set to gamma 1, beta 0 (depth growth).
         output_scale: multiplies a LayerNorm's gamma and beta (tied output
-            embeddings: 1 / the number of copies), or an embedding table
-            (`ModelTraits.embedding_scale`).
+            embeddings: 1 / the number of copies), an embedding table
+            (`ModelTraits.embedding_scale`), or the output of a projection or
+            attention layer that writes a scaled stream.
+        input_scale: a norm's input arrives multiplied by this (a scaled
+            stream): its epsilon stays `input_scale^2` times what a plain
+            zero-padded stream needs.
         fan_in, fan_out: `{kernel axis: DimExpansion}` of an `EinsumDense`,
             named by the layer that owns it (attention).
         scale: multiplies an `EinsumDense`'s result (the query when the
@@ -185,6 +194,7 @@ class LayerFlags:
     zero_output: bool = False
     identity: bool = False
     output_scale: float = 1.0
+    input_scale: float = 1.0
     fan_in: dict = None
     fan_out: dict = None
     scale: float = 1.0

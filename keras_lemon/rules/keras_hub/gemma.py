@@ -27,8 +27,11 @@ unchanged.
 
 In keras-hub 0.32 the decoder blocks of both backbones build their RMSNorms
 with the default epsilon (1e-6), not the config's `layer_norm_epsilon`
-(which sets only the final norm): it cannot change, so the width must be a
-multiple of the source's (their rule refuses other widths with the reason).
+(which sets only the final norm): it cannot change. For a width that is not
+a multiple, the zero-padded stream is scaled by `1 / eta` instead
+(`ModelTraits.fixed_norm_epsilon`, `KerasModelAdapter.stream_scale`): every
+layer that writes it (the embedding, the output projections, Gemma 2's
+branch-output norms) scales its output, and the norms keep their epsilon.
 
 Gemma 3 with a vision encoder combines two widths and is refused.
 """
@@ -129,6 +132,6 @@ def _gemma3_pattern(config):
 # Gemma and Gemma 2 gate half of intermediate_dim (gate_dim_reduction=2).
 register_model_traits(GemmaBackbone, embedding_scale=_embedding_scale,
                       size_multiples={"intermediate_dim": ("intermediate", 2)},
-                      layer_pattern=_gemma2_pattern)
+                      fixed_norm_epsilon=True, layer_pattern=_gemma2_pattern)
 register_model_traits(Gemma3Backbone, embedding_scale=_embedding_scale,
-                      layer_pattern=_gemma3_pattern)
+                      fixed_norm_epsilon=True, layer_pattern=_gemma3_pattern)

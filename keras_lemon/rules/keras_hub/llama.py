@@ -80,7 +80,7 @@ def expand_grouped_query_attention(layer, ctx, query_heads, kv_heads, head_dim,
                                          "fan_out": {head_axis: kv}, "scale": scale})
     ctx.expand_sublayer(
         output, flags={"fan_in": {0: heads, 1: key_dim}, "fan_out": {2: ctx.dims["output"]},
-                       "zero_output": ctx.flags.zero_output})
+                       "zero_output": ctx.flags.zero_output, "scale": ctx.flags.output_scale})
 
 
 @register_rule(LlamaAttention, kind="attention")

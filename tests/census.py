@@ -116,8 +116,11 @@ def task_classes(backbone_name):
 
 
 def _task(task_class, backbone):
-    needs_classes = "num_classes" in inspect.signature(task_class.__init__).parameters
-    task = task_class(backbone, **({"num_classes": 3} if needs_classes else {}))
+    parameters = inspect.signature(task_class.__init__).parameters
+    extra = {"num_classes": 3} if "num_classes" in parameters else {}
+    if "preprocessor" in parameters:  # Gemma3CausalLM takes it first, without a default
+        extra["preprocessor"] = None
+    task = task_class(backbone=backbone, **extra)
     return randomize(task, 1)
 
 

@@ -31,7 +31,8 @@ from numpy_llama import llama_logits
 import keras_lemon
 from keras_lemon.presets import LoadedPreset
 
-pytestmark = pytest.mark.real_weights
+# Its module fixture loads the checkpoint: its tests share one xdist worker.
+pytestmark = [pytest.mark.real_weights, pytest.mark.xdist_group('smollm2')]
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of",
            "Once upon a time, a little fox"]

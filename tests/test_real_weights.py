@@ -29,7 +29,8 @@ from numpy_bert import bert_forward
 import keras_lemon
 from keras_lemon import DimExpansion
 
-pytestmark = pytest.mark.real_weights
+# Its module fixture loads the checkpoint: its tests share one xdist worker.
+pytestmark = [pytest.mark.real_weights, pytest.mark.xdist_group('minilm')]
 
 SENTENCES = [
     "A man is playing a guitar on the street corner.",

@@ -83,8 +83,8 @@ def depth_plan(num_source, num_target, placement="interleave", positions=None, p
 
     >>> [s.describe() for s in depth_plan(4, 6, positions=[1, 3])]
     ['0', '1', 'new<-1', '2', '3', 'new<-3']
-    >>> [s.describe() for s in depth_plan(4, 6, period=2)]
-    ['0', '1', 'new<-0', 'new<-1', '2', '3']
+    >>> [s.describe() for s in depth_plan(4, 8, period=2)]
+    ['0', '1', 'new<-0', 'new<-1', '2', '3', 'new<-2', 'new<-3']
     """
     if positions is not None:
         positions = _check_positions(positions, num_source, num_target)

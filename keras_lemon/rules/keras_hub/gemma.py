@@ -88,13 +88,17 @@ def query_normalization_ratio(layer, ctx):
     return math.sqrt(target / source)
 
 
+def _expand_heads(layer, ctx, query_scale):
+    """Grouped-query attention with heads-first q/k/v kernels (see the module)."""
+    expand_grouped_query_attention(
+        layer, ctx, *_heads(layer), query="query_dense", key="key_dense",
+        value="value_dense", output="output_dense", hidden_axis=1, query_scale=query_scale)
+
+
 @register_rule(CachedGemmaAttention, kind="attention")
 def expand_gemma_attention(layer, ctx):
     """Rotary grouped-query attention (see `expand_grouped_query_attention`)."""
-    expand_grouped_query_attention(
-        layer, ctx, *_heads(layer), query="query_dense", key="key_dense",
-        value="value_dense", output="output_dense", hidden_axis=1,
-        query_scale=query_normalization_ratio(layer, ctx))
+    _expand_heads(layer, ctx, query_normalization_ratio(layer, ctx))
 
 
 @register_rule(CachedGemma3Attention, kind="attention")
@@ -102,10 +106,7 @@ def expand_gemma3_attention(layer, ctx):
     """As Gemma's, plus the query/key RMSNorms over the head size (see the module)."""
     query_ratio = query_normalization_ratio(layer, ctx)
     norms = layer.use_query_key_norm
-    expand_grouped_query_attention(
-        layer, ctx, *_heads(layer), query="query_dense", key="key_dense",
-        value="value_dense", output="output_dense", hidden_axis=1,
-        query_scale=1.0 if norms else query_ratio)
+    _expand_heads(layer, ctx, 1.0 if norms else query_ratio)
     if norms:
         # The query norm undoes any scale of its input: the ratio goes into
         # its own scale instead.

@@ -20,6 +20,7 @@ from keras_lemon.index_maps import DimExpansion
 from keras_lemon.index_maps import cancel
 from keras_lemon.index_maps import fan_in_split
 from keras_lemon.index_maps import fan_out
+from keras_lemon.optimizer_state import expand_optimizer
 from keras_lemon.options import ExpansionOptions
 from keras_lemon.options import expansion_options
 from keras_lemon.plan import ExpansionPlan

@@ -2,7 +2,8 @@
 
     keras-lemon expand SRC DST --hidden 768 --layers 12 [--heads N]
         [--intermediate N] [--placement interleave|stack] [--positions I,J,...]
-        [--method lemon|net2net|zero_blocks] [--seed N] [--dry-run] [--overwrite]
+        [--method lemon|net2net|zero_blocks] [--seed N] [--noise-scale X]
+        [--dry-run] [--overwrite]
     keras-lemon inspect SRC
 
 SRC is a preset directory (Keras, or Hugging Face format) or, with internet,
@@ -24,6 +25,7 @@ from rich.progress import TextColumn
 
 from keras_lemon.expand import METHODS
 from keras_lemon.expand import expansion_plan
+from keras_lemon.expand import check_noise_scale
 from keras_lemon.options import expansion_options
 from keras_lemon.presets import LoadedPreset
 from keras_lemon.presets import check_destination
@@ -75,6 +77,9 @@ def build_parser():
     expand.add_argument("--method", choices=METHODS, default="lemon",
                         help="lemon (default), or the baselines net2net and zero_blocks")
     expand.add_argument("--seed", type=int, help="seed of LEMON's random draws (default: random)")
+    expand.add_argument("--noise-scale", type=float, default=1.0,
+                        help="size of LEMON's symmetry-breaking draws relative to the default "
+                             "(default: 1.0; 0: equal shares, zero new blocks)")
     expand.add_argument("--dry-run", action="store_true",
                         help="print the expansion plan only; write nothing")
     expand.add_argument("--overwrite", action="store_true",
@@ -135,6 +140,7 @@ def _positions(text):
 
 def _expand(args):
     check_destination(args.src, args.dst, args.overwrite)
+    check_noise_scale(args.noise_scale, args.method)
     sizes = dict(hidden=args.hidden, layers=args.layers, heads=args.heads,
                  intermediate=args.intermediate, placement=args.placement, method=args.method,
                  positions=args.positions)
@@ -148,6 +154,7 @@ def _expand(args):
         return 0
     with _ProgressBar() as progress:
         _, record = write_expanded_preset(loaded, args.dst, seed=args.seed,
+                                          noise_scale=args.noise_scale,
                                           overwrite=args.overwrite, progress=progress,
                                           exact=not args.inexact, **sizes)
     if record["exact"]:

@@ -23,6 +23,8 @@ class ExpansionSession:
     Args:
         method: `"lemon"`, `"net2net"` or `"zero_blocks"` (see `expand_model`).
         seed: int, seeds every random draw (with each variable's path).
+        noise_scale: float, multiplies the standard deviation of every
+            symmetry-breaking draw (see `expand_model`).
         planning: when True there is no target model; rules run on the
             source weights only and the session records the plan.
         progress: optional callable `progress(done, total, path)`, called
@@ -30,9 +32,10 @@ class ExpansionSession:
             target variables known so far, see `expect`).
     """
 
-    def __init__(self, method, seed, planning=False, progress=None):
+    def __init__(self, method, seed, planning=False, progress=None, noise_scale=1.0):
         self.method = method
         self.seed = int(seed)
+        self.noise_scale = float(noise_scale)
         self.planning = planning
         self.progress = progress
         self.rows = []

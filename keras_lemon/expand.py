@@ -1,6 +1,7 @@
 """`expand_model` and `expansion_plan`: the public entry points."""
 
 import warnings
+import weakref
 
 import numpy as np
 
@@ -14,12 +15,38 @@ from keras_lemon.support import graph_adapter
 
 METHODS = ("lemon", "net2net", "zero_blocks")
 
+# What `expand_model` was asked, per model it returned: `expand_optimizer`
+# repeats the expansion's index maps without the caller restating them.
+_REQUESTS = weakref.WeakKeyDictionary()
+
+
+def expansion_request(model):
+    """The keyword arguments `expand_model` made `model` with, or None."""
+    return _REQUESTS.get(model)
+
 
 def _check_options(method, placement):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+
+
+def check_noise_scale(noise_scale, method):
+    """`noise_scale` as a float, or a ValueError saying what is accepted."""
+    try:
+        value = float(noise_scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(
+            f"noise_scale must be a finite number >= 0 (1.0: LEMON's default, 0: equal "
+            f"shares and zero new blocks), got {noise_scale!r}.")
+    if method == "net2net" and value != 1.0:
+        raise ValueError(
+            f"noise_scale={noise_scale!r} has no effect with method='net2net', which splits "
+            "weights equally and draws no noise; use method='lemon' or 'zero_blocks'.")
+    return value
 
 
 def _prepare_graph(model, hidden, layers, heads, intermediate, placement, method,
@@ -105,8 +132,8 @@ def expansion_plan(model, *, hidden=None, layers=None, heads=None,
 
 def expand_model(model, *, hidden=None, layers=None, heads=None,
                  intermediate=None, placement="interleave", method="lemon",
-                 seed=None, config_keys=None, sample_inputs=None, verify=True,
-                 progress=None, exact=True, positions=None):
+                 seed=None, noise_scale=1.0, config_keys=None, sample_inputs=None,
+                 verify=True, progress=None, exact=True, positions=None):
     """Grows a transformer in width and depth without changing its outputs.
 
     Builds a new model of the same class from the source's config at the
@@ -153,6 +180,15 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
             blocks).
         seed: int. Seeds LEMON's random draws; the same seed gives the same
             weights on every backend. Default: a fresh random seed.
+        noise_scale: float >= 0, the size of LEMON's symmetry-breaking draws
+            relative to the default: the random fan-in shares and the
+            weights of cancelling new blocks are uniform with the standard
+            deviation of the source weight they replace, times
+            `noise_scale`. The output is exact whatever the scale; it sets
+            how far the copies of a unit start apart when training resumes.
+            LEMON's reference code uses 0.1 of the initializer's scale for
+            post-LN BERT. 0 gives equal shares and zero new blocks.
+            Default 1.0.
         config_keys: for your own models: dict role -> config key naming the
             sizes in `get_config()` of a subclassed model or custom layer
             when their names are unusual; roles `"hidden"`, `"layers"`,
@@ -205,7 +241,8 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     """
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
-    session = ExpansionSession(method, seed, progress=progress)
+    noise_scale = check_noise_scale(noise_scale, method)
+    session = ExpansionSession(method, seed, progress=progress, noise_scale=noise_scale)
     adapter, source, target, dims, depth = _prepare_graph(
         model, hidden, layers, heads, intermediate, placement, method,
         config_keys, sample_inputs, exact, positions,
@@ -224,6 +261,10 @@ def expand_model(model, *, hidden=None, layers=None, heads=None,
     finally:
         deferred.finish()
     session.check_complete(new_model)
+    _REQUESTS[new_model] = dict(
+        hidden=hidden, layers=layers, heads=heads, intermediate=intermediate,
+        placement=placement, positions=positions, exact=exact, config_keys=config_keys,
+        sample_inputs=sample_inputs)
     if verify:
         if is_inexact(dims):
             _report_inexact(model, adapter.verify(new_model, tolerance=np.inf))

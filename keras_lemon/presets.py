@@ -258,8 +258,8 @@ def _write_record(directory, record):
 
 def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
                   intermediate=None, placement="interleave", method="lemon",
-                  seed=None, overwrite=False, verify=True, tolerance=1e-4,
-                  progress=None, exact=True, positions=None):
+                  seed=None, noise_scale=1.0, overwrite=False, verify=True,
+                  tolerance=1e-4, progress=None, exact=True, positions=None):
     """Expands a keras-hub preset into a larger preset, losslessly.
 
     Loads the preset (its task with head and preprocessor when it has one,
@@ -282,7 +282,8 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         dst: the directory to write. Must not exist, or be empty, unless
             `overwrite=True`.
         hidden, layers, heads, intermediate, placement, method, seed,
-            positions: as `expand_model`. The seed used (drawn when None) is recorded.
+            noise_scale, positions: as `expand_model`. The seed used (drawn
+            when None) and the noise scale are recorded.
         overwrite: replace a non-empty `dst` (only after success).
         verify: reload the written preset and measure the lossless error;
             raise above `tolerance`. With False the metadata records no error.
@@ -326,16 +327,16 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
     model, _ = write_expanded_preset(
         LoadedPreset(src), dst, hidden=hidden, layers=layers, heads=heads,
         intermediate=intermediate, placement=placement, method=method, seed=seed,
-        overwrite=overwrite, verify=verify, tolerance=tolerance, progress=progress,
-        exact=exact, positions=positions,
+        noise_scale=noise_scale, overwrite=overwrite, verify=verify, tolerance=tolerance,
+        progress=progress, exact=exact, positions=positions,
     )
     return model
 
 
 def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
                           intermediate=None, placement="interleave", method="lemon",
-                          seed=None, overwrite=False, verify=True, tolerance=1e-4,
-                          progress=None, exact=True, positions=None):
+                          seed=None, noise_scale=1.0, overwrite=False, verify=True,
+                          tolerance=1e-4, progress=None, exact=True, positions=None):
     """`expand_preset` on an already loaded `LoadedPreset` (the CLI plans first).
 
     Returns:
@@ -349,8 +350,8 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
     probe = family.probe_inputs(source, loaded.tokenizer)
     model = expand_model(source, hidden=hidden, layers=layers, heads=heads,
                          intermediate=intermediate, placement=placement,
-                         method=method, seed=seed, verify=False, progress=progress,
-                         exact=exact, positions=positions)
+                         method=method, seed=seed, noise_scale=noise_scale,
+                         verify=False, progress=progress, exact=exact, positions=positions)
     source_sizes = family.sizes(getattr(source, "backbone", source))
     target_sizes = family.sizes(getattr(model, "backbone", model))
     inexact = not exact and target_sizes.hidden % source_sizes.hidden != 0 \
@@ -379,6 +380,7 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
             "method": method,
             "placement": placement if positions is None else f"positions {list(positions)}",
             "seed": seed,
+            "noise_scale": float(noise_scale),
             "lossless_error": None if inexact else error,
             "approximation_error": error if inexact else None,
             "tolerance": tolerance,

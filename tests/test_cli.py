@@ -36,7 +36,7 @@ def test_expand_prints_plan_check_and_destination(tmp_path, capsys):
     src, dst = str(tmp_path / "small"), str(tmp_path / "big")
     bert_masked_lm_preset(src)
     code, out, err = run(["expand", src, dst, "--hidden", "32", "--layers", "4",
-                          "--heads", "2", "--seed", "5"], capsys)
+                          "--heads", "2", "--seed", "5", "--noise-scale", "0.1"], capsys)
     assert code == 0, err
     assert f"source: {src} (keras format) with BertMaskedLMPreprocessor" in out
     assert "BertMaskedLM expansion (lemon): layers 2->4, hidden 16->32, heads 2->2" in out
@@ -47,6 +47,7 @@ def test_expand_prints_plan_check_and_destination(tmp_path, capsys):
     assert "transplanting" in err and "variables" in err  # the progress bar
     record = keras_lemon.read_expansion(dst)
     assert record["seed"] == 5 and record["lossless_error"] <= TOLERANCE
+    assert record["noise_scale"] == 0.1
     assert f"{record['lossless_error']:.2e}" in out
     assert keras_hub.models.BertMaskedLM.from_preset(dst).backbone.num_layers == 4
 
@@ -110,6 +111,9 @@ def test_inspect_keras_and_hugging_face_presets(tmp_path, capsys):
     (["expand", "MISSING", "DST"], "Preset directory '{tmp}/MISSING' does not exist"),
     (["expand", "SRC", "SRC"], "is the source preset"),
     (["inspect", "MISSING"], "Preset directory '{tmp}/MISSING' does not exist"),
+    (["expand", "SRC", "DST", "--noise-scale", "-1"], "noise_scale must be a finite number >= 0"),
+    (["expand", "SRC", "DST", "--method", "net2net", "--noise-scale", "0.1"],
+     "has no effect with method='net2net'"),
 ])
 def test_bad_arguments_one_line_exit_2_nothing_written(tmp_path, capsys, argv, message):
     src = str(tmp_path / "SRC")

@@ -102,3 +102,43 @@ def test_expanded_model_trains(family):
     after = big.evaluate(x, y, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert after < before, (before, after)
+
+
+def _vit_classifier():
+    return randomize(keras_hub.models.ViTImageClassifier(vit_backbone(), num_classes=3), 1)
+
+
+def test_noise_scale_scales_every_draw_and_stays_lossless():
+    """`noise_scale` multiplies the distance of every weight from the equal split."""
+    source = _vit_classifier()
+    before = [keras.ops.convert_to_numpy(v).copy() for v in source.weights]
+    models = {s: keras_lemon.expand_model(source, hidden=24, layers=4, seed=3, noise_scale=s)
+              for s in (0.0, 0.25, 1.0)}
+    equal = keras_lemon.expand_model(source, hidden=24, layers=4, method="net2net")
+    x = vit_inputs(seed=2)
+    reference = keras.ops.convert_to_numpy(source.predict_on_batch(x))
+    for scale, model in models.items():
+        out = keras.ops.convert_to_numpy(model.predict_on_batch(x))
+        assert np.abs(out - reference).max() <= 1e-5 * np.abs(reference).max(), scale
+    moved = 0
+    for v0, v25, v1, vn in zip(*(m.weights for m in (*models.values(), equal))):
+        w0, w25, w1, wn = (keras.ops.convert_to_numpy(v) for v in (v0, v25, v1, vn))
+        # Scale 0 is the equal split with zero new blocks: Net2Net's weights.
+        np.testing.assert_allclose(w0, wn, rtol=1e-6, atol=1e-7, err_msg=v0.path)
+        np.testing.assert_allclose(w25 - w0, 0.25 * (w1 - w0), rtol=1e-4, atol=1e-6,
+                                   err_msg=v0.path)
+        moved += bool(np.any(np.abs(w1 - w0) > 1e-4))
+    assert moved > 10  # fan-in splits, cancelling blocks, LayerNorm extras
+    for v, value in zip(source.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value)
+
+
+@pytest.mark.parametrize("bad, method, message", [
+    (-0.1, "lemon", "finite number >= 0"),
+    (float("nan"), "lemon", "finite number >= 0"),
+    ("large", "zero_blocks", "finite number >= 0"),
+    (0.5, "net2net", "no effect with method='net2net'"),
+])
+def test_bad_noise_scale_is_refused(bad, method, message):
+    with pytest.raises(ValueError, match=message):
+        keras_lemon.expand_model(_vit_classifier(), hidden=24, method=method, noise_scale=bad)

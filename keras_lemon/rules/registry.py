@@ -331,16 +331,17 @@ class ExpansionContext:
         `zero_blocks` draws it too: it differs from LEMON only in new blocks.
 
         Uniform with the standard deviation of the source weight `like`
-        (LEMON uses the target's fresh initialization; any zero-mean noise
-        of that scale breaks symmetry, and uniform draws are twice as fast
-        as normal ones). The generator is seeded by the expansion seed and
+        times the session's `noise_scale` (LEMON uses the target's fresh
+        initialization; any zero-mean noise of that scale breaks symmetry,
+        and uniform draws are twice as fast as normal ones). The generator is seeded by the expansion seed and
         the target variable's path, so the draw does not depend on the order
         in which rules run, nor on the backend.
         """
-        if self.method == "net2net" or self.planning:
+        scale = self._session.noise_scale
+        if self.method == "net2net" or self.planning or scale == 0:
             return np.zeros(shape, np.float32)
         std = float(np.std(like)) if np.size(like) > 1 else 0.0
-        std = std if std > 0 else 0.02
+        std = (std if std > 0 else 0.02) * scale
         rng = np.random.default_rng(
             [self._session.seed, zlib.crc32(f"{self.path}/{name}".encode())]
         )

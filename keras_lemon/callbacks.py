@@ -91,6 +91,8 @@ class ComputeBudget(keras.callbacks.Callback):
         if schedule is not None and not isinstance(schedule, LemonSchedule):
             raise TypeError(f"schedule must be a LemonSchedule, got {type(schedule).__name__}.")
         self.stop_steps = schedule.total_steps if schedule is not None else int(stop_steps)
+        # An optimizer from expand_optimizer counts the source's steps too.
+        self.start_step = getattr(schedule, "start_step", 0)
         if not (isinstance(scratch_steps, int) and scratch_steps > 0) or self.stop_steps <= 0:
             raise ValueError(
                 f"scratch_steps and the stop step must be positive ints, got "
@@ -101,7 +103,8 @@ class ComputeBudget(keras.callbacks.Callback):
         self.steps = 0
 
     def on_train_begin(self, logs=None):
-        self.steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.steps = int(keras.ops.convert_to_numpy(
+            self.model.optimizer.iterations)) - self.start_step
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1

@@ -14,6 +14,9 @@ The schedule, with `s` the step, `w` the warmup steps, `T` the decay steps:
                     linear: lr = end + (peak - end) * (1 - p)
     s >= w + T:     lr = end
 
+with `s` counted from `start_step` (0 unless the optimizer's step count was
+carried over from the source model by `keras_lemon.expand_optimizer`).
+
 References:
     Wang et al., "LEMON: Lossless model expansion", ICLR 2024,
     arXiv:2310.07999, section 4.3 and appendix (training recipes).
@@ -48,6 +51,13 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
         alpha: float in [0, 1], `end_learning_rate = alpha * peak` (as in
             `CosineDecay`). Give `end_learning_rate` or `alpha`, not both;
             default `alpha=0`.
+        start_step: int >= 0, the optimizer step at which the schedule
+            begins (before it: the initial value). 0 for a fresh optimizer;
+            for one from `keras_lemon.expand_optimizer`, whose step count
+            continues the source's, the source's final step count
+            (`int(small.optimizer.iterations)`), so that warmup and decay
+            run over the expanded model's own steps while Adam's bias
+            correction keeps counting the source's.
         name: str.
 
     Example:
@@ -60,12 +70,13 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak_learning_rate, decay_steps, warmup_steps=0,
                  initial_learning_rate=0.0, decay_shape="cosine",
-                 end_learning_rate=None, alpha=None, name="LemonSchedule"):
+                 end_learning_rate=None, alpha=None, start_step=0, name="LemonSchedule"):
         super().__init__()
         if end_learning_rate is not None and alpha is not None:
             raise ValueError("Give end_learning_rate or alpha, not both.")
         _check_count("decay_steps", decay_steps, minimum=1)
         _check_count("warmup_steps", warmup_steps, minimum=0)
+        _check_count("start_step", start_step, minimum=0)
         if decay_shape not in DECAY_SHAPES:
             raise ValueError(f"decay_shape must be one of {DECAY_SHAPES}, got {decay_shape!r}.")
         peak = float(peak_learning_rate)
@@ -92,17 +103,18 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.initial_learning_rate = float(initial_learning_rate)
         self.decay_shape = decay_shape
         self.end_learning_rate = end
+        self.start_step = int(start_step)
         self.name = name
 
     @property
     def total_steps(self):
-        """Warmup plus decay: the step from which the end value is held."""
+        """Warmup plus decay: the steps (after `start_step`) until the end value is held."""
         return self.warmup_steps + self.decay_steps
 
     @classmethod
     def from_recipe(cls, peak_learning_rate, total_steps, fraction, warmup_steps=0,
                     initial_learning_rate=0.0, decay_shape="cosine",
-                    end_learning_rate=None, alpha=None):
+                    end_learning_rate=None, alpha=None, start_step=0):
         """The from-scratch recipe compressed to `fraction` of its steps.
 
         The recipe warms up for `warmup_steps` and decays until
@@ -113,6 +125,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
         Args:
             peak_learning_rate, warmup_steps, initial_learning_rate,
             decay_shape, end_learning_rate, alpha: the recipe's (see the class).
+            start_step: where the schedule begins (see the class).
             total_steps: int, the from-scratch budget.
             fraction: float in (0, 1], the part of it the expanded model
                 trains for.
@@ -126,10 +139,11 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
             decay_steps=_compressed_decay(total_steps, warmup_steps, fraction),
             warmup_steps=warmup_steps, initial_learning_rate=initial_learning_rate,
             decay_shape=decay_shape, end_learning_rate=end_learning_rate, alpha=alpha,
+            start_step=start_step,
         )
 
     @classmethod
-    def from_schedule(cls, schedule, fraction):
+    def from_schedule(cls, schedule, fraction, start_step=0):
         """Compresses an existing Keras schedule to `fraction` of its length.
 
         Accepts `keras.optimizers.schedules.CosineDecay` (with or without
@@ -139,6 +153,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
         Args:
             schedule: the from-scratch schedule.
             fraction: float in (0, 1].
+            start_step: where the schedule begins (see the class).
 
         Returns:
             A `LemonSchedule`.
@@ -150,7 +165,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 warmup_steps=schedule.warmup_steps,
                 initial_learning_rate=schedule.initial_learning_rate,
                 decay_shape=schedule.decay_shape,
-                end_learning_rate=schedule.end_learning_rate,
+                end_learning_rate=schedule.end_learning_rate, start_step=start_step,
             )
         if isinstance(schedule, schedules.CosineDecay):
             warmup = int(schedule.warmup_steps or 0)
@@ -161,7 +176,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
             return cls.from_recipe(
                 peak, warmup + int(schedule.decay_steps), fraction,
                 warmup_steps=warmup, initial_learning_rate=initial,
-                decay_shape="cosine", alpha=float(schedule.alpha),
+                decay_shape="cosine", alpha=float(schedule.alpha), start_step=start_step,
             )
         if isinstance(schedule, schedules.PolynomialDecay):
             if float(schedule.power) != 1.0 or schedule.cycle:
@@ -172,6 +187,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
             return cls.from_recipe(
                 schedule.initial_learning_rate, int(schedule.decay_steps), fraction,
                 decay_shape="linear", end_learning_rate=schedule.end_learning_rate,
+                start_step=start_step,
             )
         raise TypeError(
             f"from_schedule takes a CosineDecay, a linear PolynomialDecay or a "
@@ -181,7 +197,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         # Pure keras.ops: a Python `if` on `step` would fail inside a compiled
         # train step (jax.jit, tf.function).
-        step = ops.cast(step, "float32")
+        step = ops.maximum(ops.cast(step, "float32") - float(self.start_step), 0.0)
         peak, end = self.peak_learning_rate, self.end_learning_rate
         warmup = float(self.warmup_steps)
         warming = self.initial_learning_rate + (peak - self.initial_learning_rate) * (
@@ -202,6 +218,7 @@ class LemonSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "initial_learning_rate": self.initial_learning_rate,
             "decay_shape": self.decay_shape,
             "end_learning_rate": self.end_learning_rate,
+            "start_step": self.start_step,
             "name": self.name,
         }
 

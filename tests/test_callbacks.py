@@ -62,6 +62,27 @@ def test_compute_budget_stops_at_the_end_of_the_schedule():
     assert history.history["budget_flops"][-1] == pytest.approx(10_000.0)
 
 
+def test_resumed_optimizer_schedule_and_budget_count_the_expanded_steps():
+    # expand_optimizer carries the step count (12 source steps); the schedule
+    # starts there, and the budget counts only the expanded model's steps.
+    source = small_model()
+    source.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="mse")
+    x, y = data()
+    source.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    model = keras_lemon.expand_model(source, hidden=16, layers=3, seed=0)
+    optimizer = keras_lemon.expand_optimizer(source.optimizer, source, model)
+    start = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    assert start == 12
+    schedule = LemonSchedule.from_recipe(1e-3, total_steps=40, fraction=0.25, warmup_steps=2,
+                                         start_step=start)
+    optimizer.learning_rate = schedule
+    model.compile(optimizer=optimizer, loss="mse")
+    history = model.fit(x, y, epochs=20, batch_size=8, verbose=0,
+                        callbacks=[ComputeBudget(scratch_steps=40, schedule=schedule)])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 22
+    assert history.history["budget_steps"] == [4, 8, 10]
+
+
 def test_compute_budget_arguments():
     with pytest.raises(ValueError, match="exactly one"):
         ComputeBudget(scratch_steps=10)

@@ -110,6 +110,19 @@ def test_fraction_shorter_than_warmup():
         LemonSchedule.from_recipe(1e-3, total_steps=100, fraction=0.05, warmup_steps=10)
 
 
+def test_start_step_shifts_the_schedule():
+    plain = LemonSchedule.from_recipe(1e-3, total_steps=100, fraction=0.5, warmup_steps=10,
+                                      initial_learning_rate=1e-5, alpha=0.1)
+    shifted = LemonSchedule.from_schedule(plain, 1.0, start_step=1000)
+    steps = np.array([0, 5, 10, 30, 50, 80])
+    np.testing.assert_allclose([_value(shifted, s + 1000) for s in steps],
+                               [_value(plain, s) for s in steps], rtol=1e-6)
+    np.testing.assert_allclose([_value(shifted, 0), _value(shifted, 999)], [1e-5, 1e-5], rtol=1e-6)
+    assert LemonSchedule.from_config(shifted.get_config()).start_step == 1000
+    with pytest.raises(ValueError, match="start_step must be >= 0"):
+        LemonSchedule(1e-3, decay_steps=10, start_step=-1)
+
+
 def test_config_round_trip():
     schedule = LemonSchedule(1e-3, 50, warmup_steps=5, decay_shape="linear", alpha=0.1)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))

@@ -32,6 +32,10 @@ def log_softmax_cross_entropy(logits, labels):
     return float(np.mean(log_norm - picked))
 
 
+#: T = S = 2400 steps of 32 sequences of 64 tokens.
+FULL_STEPS = 2400
+
+
 class DocsBERT(_replication.Task):
     name = "bert"
     title = "BERT masked LM on Debian documentation"
@@ -39,6 +43,8 @@ class DocsBERT(_replication.Task):
     higher_is_better = False
     seq_len = 64
     masked_per_sequence = 10  # ~15% of the 62 maskable positions, as in BERT
+    # LEMON's code scales the symmetry-breaking draws of post-LN BERT by 0.1.
+    noise_scale = 0.1
 
     def __init__(self, quick=False, steps=None):
         paragraphs, self.sources = _data.load_english_paragraphs(
@@ -72,7 +78,7 @@ class DocsBERT(_replication.Task):
         self.large = dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512,
                           **common)
         self.expand_sizes = dict(hidden=128, layers=4, intermediate=512)
-        warmup = self.set_budget(quick, steps, full_steps=1200)
+        warmup = self.set_budget(quick, steps, full_steps=FULL_STEPS)
         # BERT's recipe (AdamW, cosine to 0.1 x peak) with a peak for small models.
         self.recipe = _replication.Recipe(
             peak_learning_rate=1e-3, warmup_steps=warmup, alpha=0.1,
@@ -108,6 +114,10 @@ class DocsBERT(_replication.Task):
         x = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool),
              "segment_ids": np.zeros_like(token_ids), "mask_positions": positions}
         return x, labels
+
+    def data_settings(self):
+        return dict(chars=self.chars, vocabulary=len(self.vocabulary),
+                    train=len(self.train_sequences), held_out=len(self.eval_batch[1]))
 
     def build(self, sizes):
         return keras_hub.models.BertMaskedLM(
@@ -163,9 +173,11 @@ class DocsBERT(_replication.Task):
             f"positions per sequence (80/10/10), no dropout. Small {size}; large {large}.",
             f"- Recipe: AdamW (weight decay {r.weight_decay}, not on biases and LayerNorm; "
             f"clipnorm 1), batch {r.batch_size}, warmup {r.warmup_steps} steps to "
-            f"{r.peak_learning_rate:g}, cosine to {r.alpha:g} x peak. LEMON and the "
-            f"baselines keep the warmup and the peak and end the cosine at f x T "
-            f"(`LemonSchedule.from_schedule`).",
+            f"{r.peak_learning_rate:g}, cosine to {r.alpha:g} x peak. The small model "
+            f"trains S = {self.small_steps} steps, scratch T = {self.steps}. LEMON and "
+            f"the baselines keep the warmup and the peak and end the cosine at f x T "
+            f"(`LemonSchedule.from_schedule`); LEMON's noise scale {self.noise_scale:g} "
+            f"(as the paper's code for post-LN BERT).",
         ]
 
 

@@ -154,7 +154,9 @@ def expand_optimizer(optimizer, source_model, expanded_model, **request):
     new.build(expanded_model.trainable_variables)
     for name in _SCALARS:
         if hasattr(optimizer, name):
-            getattr(new, name).assign(getattr(optimizer, name))
+            # A copy: on JAX, assigning the variable would share its buffer,
+            # which the new optimizer's train step then donates (deletes).
+            getattr(new, name).assign(keras.ops.convert_to_numpy(getattr(optimizer, name)))
     source_index = {id(v): i for i, v in enumerate(optimizer._trainable_variables)}
     for attribute, kind in slots.items():
         source_slots = getattr(optimizer, attribute, None)

@@ -138,6 +138,15 @@ def test_round_trip_and_resumed_training(tmp_path):
     loaded.fit(x, y, epochs=3, verbose=0)
     assert int(loaded.optimizer.iterations) == 5
 
+    # Training the resumed optimizer leaves the source's state alone (on JAX
+    # a shared buffer would be donated by the train step): expand it again.
+    state = [keras.ops.convert_to_numpy(v) for v in source.optimizer.variables]
+    big.fit(x, y, epochs=2, verbose=0)
+    again = keras_lemon.expand_optimizer(source.optimizer, source, big)
+    assert int(again.iterations) == 2
+    for a, b in zip(state, source.optimizer.variables):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
+
 
 def test_weight_decay_exclusions_by_variable_follow_the_variables():
     source, x, y = _bert()

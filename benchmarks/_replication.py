@@ -62,6 +62,7 @@ import keras
 import numpy as np
 
 import keras_lemon
+from keras_lemon.callbacks import SymmetryMonitor
 from keras_lemon.schedules import LemonSchedule
 
 FRACTIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -100,6 +101,14 @@ def arms(task):
 
 
 UNCOMPRESSED = "LEMON, uncompressed schedule"
+DIAGNOSTIC_NOISE = (0.1, 1.0, 4.0)  # noise scales tried besides the paper's
+
+
+def diagnostics(task):
+    """LEMON with other noise scales, down and up (one seed, one fraction)."""
+    return tuple(Arm(f"LEMON, noise scale {scale:g} (diagnostic)",
+                     dict(method="lemon", noise_scale=scale))
+                 for scale in DIAGNOSTIC_NOISE if scale != task.noise_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +144,7 @@ class Run:
     flops_per_step: float
     curve: list  # [(step, quality)]
     wall_s: float
+    drift: list = None  # [(step, mean cosine distance of copies to their originals)]
 
     @property
     def final(self):
@@ -225,20 +235,32 @@ def evaluation_steps(steps, evals):
     return sorted({*even, *early, round(0.8 * steps)})
 
 
-def train(task, model, optimizer, steps, seed, label, fraction=None, sizes=None):
-    """Trains `model` for `steps` steps with `optimizer`; returns a `Run`."""
+def train(task, model, optimizer, steps, seed, label, fraction=None, sizes=None,
+          source=None):
+    """Trains `model` for `steps` steps with `optimizer`; returns a `Run`.
+
+    With `source` (the model it was expanded from), also records how far the
+    copies of its FFN units drift apart (`SymmetryMonitor.distance`).
+    """
     model.compile(optimizer=optimizer, loss=task.loss())
     eval_at = set(evaluation_steps(steps, task.evals))
     batches = task.batches(seed)
+    monitor = None
+    if source is not None:
+        monitor = SymmetryMonitor(source)
+        monitor.set_model(model)
     start = time.time()
     curve = [(0, task.evaluate(model))]
+    drift = [(0, monitor.distance())] if monitor else None
     for step in range(1, steps + 1):
         x, y = next(batches)
         model.train_on_batch(x, y)
         if step in eval_at:
             curve.append((step, task.evaluate(model)))
+            if monitor:
+                drift.append((step, monitor.distance()))
     run = Run(label, seed, fraction, steps, task.flops_per_step(sizes or task.large),
-              curve, time.time() - start)
+              curve, time.time() - start, drift)
     shown = f"f={fraction:g} " if fraction is not None else ""
     print(f"[{task.name}] {label} {shown}seed={seed}: {curve[0][1]:.4f} -> "
           f"{run.final:.4f} {task.metric} ({steps} steps, {run.wall_s:.0f} s)", flush=True)
@@ -298,7 +320,8 @@ class Replication:
                     **extra)
 
     def run(self, settings, make):
-        """The cached run for `settings`, or `make()`'s: `(model, optimizer, steps, sizes)`."""
+        """The cached run for `settings`, or `make()`'s: `(model, optimizer, steps,
+        sizes, source model or None)`."""
         cached = self.cache.load(settings)
         if cached is not None:
             shown = "" if cached.fraction is None else f" f={cached.fraction:g}"
@@ -309,9 +332,9 @@ class Replication:
             self.missing.append(f"{settings['label']} f={settings['fraction']} "
                                 f"seed={settings['seed']}")
             return None
-        model, optimizer, steps, sizes = make()
+        model, optimizer, steps, sizes, source = make()
         run = train(self.task, model, optimizer, steps, settings["seed"], settings["label"],
-                    settings["fraction"], sizes)
+                    settings["fraction"], sizes, source)
         self.cache.save(settings, run)
         return run
 
@@ -326,7 +349,7 @@ class Replication:
             optimizer = self.task.recipe.optimizer(
                 self.task.recipe.schedule(self.task.small_steps))
             self._small = model, optimizer
-            return model, optimizer, self.task.small_steps, self.task.small
+            return model, optimizer, self.task.small_steps, self.task.small, None
 
         run = self.run(self.small_settings(), make)
         if self._small is not None:
@@ -371,7 +394,8 @@ class Replication:
         def make():
             recipe = self.task.recipe
             return (fresh_model(self.task, self.task.large, seed),
-                    recipe.optimizer(recipe.schedule(self.task.steps)), self.task.steps, None)
+                    recipe.optimizer(recipe.schedule(self.task.steps)), self.task.steps, None,
+                    None)
 
         return self.run(self.settings("Scratch", seed), make)
 
@@ -394,7 +418,7 @@ class Replication:
                 optimizer.learning_rate = schedule
             else:
                 optimizer = recipe.optimizer(schedule)
-            return model, optimizer, schedule.total_steps, None
+            return model, optimizer, schedule.total_steps, None, small
 
         return self.run(self.settings(arm.label, seed, fraction, options=arm.options,
                                       carry_optimizer=arm.carry_optimizer), make)
@@ -452,8 +476,11 @@ class Replication:
             methods.append(dict(label=arm.label, options=arm.options, seeds=list(seeds[:1]),
                                 f_min=f_min, runs=runs))
         default = self.arm_run(Arm(UNCOMPRESSED, arms(task)[0].options), 1.0, seeds[0])
+        middle = 0.5 if 0.5 in self.fractions else self.fractions[len(self.fractions) // 2]
+        noise = [self.arm_run(arm, middle, seeds[0]) for arm in diagnostics(task)]
         return dict(task=task, small=small_run, scratch=scratch, target=target,
-                    methods=methods, default=default, fractions=list(self.fractions),
+                    methods=methods, default=default, noise=[r for r in noise if r],
+                    fractions=list(self.fractions),
                     seeds=list(seeds), wall_s=time.time() - start,
                     incomplete=bool(self.missing), missing=self.missing)
 
@@ -530,7 +557,8 @@ def _all_runs(result):
     runs = [r for r in [result.get("small"), *result.get("scratch", [])] if r]
     for method in result.get("methods", []):
         runs += method["runs"]
-    return runs + ([result["default"]] if result.get("default") else [])
+    return runs + ([result["default"]] if result.get("default") else []) + list(
+        result.get("noise", []))
 
 
 def markdown(result, command, plot_name):
@@ -568,8 +596,8 @@ def markdown(result, command, plot_name):
         *summary_rows(result), "",
         f"All runs (final {task.metric}; start = first evaluation, step 0; dip = "
         f"the worst evaluation in the first {EARLY_EVALUATIONS[-2]} steps):", "",
-        "| arm | f | steps | seeds | start | dip | final | reaches Q | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | f | steps | seeds | start | dip | final | reaches Q | copy drift | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups = [("Scratch", None, result["scratch"])]
     for method in result["methods"]:
@@ -578,6 +606,7 @@ def markdown(result, command, plot_name):
                            [r for r in method["runs"] if r.fraction == fraction]))
     if result.get("default"):
         groups.append((result["default"].label, 1.0, [result["default"]]))
+    groups += [(r.label, r.fraction, [r]) for r in result.get("noise", [])]
     worst = min if task.higher_is_better else max
     for label, fraction, runs in groups:
         finals = [r.final for r in runs]
@@ -588,7 +617,7 @@ def markdown(result, command, plot_name):
             f"{_fmt_quality([r.curve[0][1] for r in runs])} | {_fmt_quality(dips)} | "
             f"{_fmt_quality(finals)} | "
             f"{'yes' if reaches(task, float(np.mean(finals)), target) else 'no'} | "
-            f"{sum(r.wall_s for r in runs):.0f} |")
+            f"{_drift(runs)} | {sum(r.wall_s for r in runs):.0f} |")
     if result.get("default"):
         step = next((s for s, q in result["default"].curve if reaches(task, q, target)), None)
         lines += [
@@ -597,8 +626,19 @@ def markdown(result, command, plot_name):
             + (f"{step} of {task.steps}." if step is not None
                else f"— (not within {task.steps} steps)."),
         ]
-    lines += ["", f"![{task.title}](results/{plot_name})", ""]
+    lines += [
+        "",
+        "Copy drift: the mean cosine distance between the incoming FFN weights of "
+        "each copied unit and its original at the end of the run "
+        "(`keras_lemon.callbacks.SymmetryMonitor`; 0 right after the expansion). "
+        "The noise-scale diagnostics run LEMON at one fraction with seed 0.",
+        "", f"![{task.title}](results/{plot_name})", ""]
     return lines
+
+
+def _drift(runs):
+    ends = [r.drift[-1][1] for r in runs if r.drift and r.drift[-1][1] is not None]
+    return f"{max(np.mean(ends), 0.0):.3f}" if ends else "—"  # round-off: -1e-9
 
 
 def plot(result, path):
@@ -672,6 +712,7 @@ def to_json(result):
         missing=result.get("missing"),
         small=run(result.get("small")), scratch=[run(r) for r in result.get("scratch", [])],
         default=run(result.get("default")),
+        noise=[run(r) for r in result.get("noise", [])],
         methods=[dict(label=m["label"], options=m["options"], seeds=m["seeds"],
                       f_min=m["f_min"], runs=[run(r) for r in m["runs"]])
                  for m in result.get("methods", [])],

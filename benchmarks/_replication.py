@@ -294,7 +294,8 @@ class RunCache:
         with open(path) as f:
             record = json.load(f)
         run = record["run"]
-        return Run(**{**run, "curve": [tuple(point) for point in run["curve"]]})
+        points = {k: [tuple(p) for p in run[k]] for k in ("curve", "drift") if run.get(k)}
+        return Run(**{**run, **points})
 
     def save(self, settings, run):
         os.makedirs(self.directory, exist_ok=True)

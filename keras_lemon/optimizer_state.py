@@ -48,7 +48,9 @@ The rule, derived once for every expansion kind:
   grow with their own gradients, instead of the ~3x-6x too large steps a
   zero `v` gives under Adam's step-count bias correction.
 - The step count (`iterations`) is copied, so the learning-rate schedule
-  and Adam's bias correction continue; weight-decay exclusions carry over.
+  and Adam's bias correction continue (start a new schedule there with
+  `LemonSchedule(..., start_step=)`); weight-decay exclusions carry over, and
+  so does a `LossScaleOptimizer`'s loss scale.
 
 Other methods of growing models restart the optimizer (MSG, bert2BERT,
 LEMON's own code); staged training (Shen et al. 2022) carries it with the
@@ -108,8 +110,10 @@ def expand_optimizer(optimizer, source_model, expanded_model, **request):
     Args:
         optimizer: a built Keras optimizer that trained `source_model`
             (after `fit`, `model.optimizer`). Supported: SGD, Adam, AdamW,
-            Nadam, Adamax, Lion, Lamb, Adagrad, RMSprop; not `use_ema`, nor
-            a `LossScaleOptimizer`.
+            Nadam, Adamax, Lion, Lamb, Adagrad, RMSprop, and a
+            `LossScaleOptimizer` around one of them (what `compile` makes
+            under the `"mixed_float16"` policy: its loss scale carries on);
+            not with `use_ema` or gradient accumulation.
         source_model: the model `optimizer` was built for.
         expanded_model: what `expand_model(source_model, ...)` returned.
         **request: the sizes and placement `expand_model` was given
@@ -146,6 +150,8 @@ def expand_optimizer(optimizer, source_model, expanded_model, **request):
         Shen et al., "Staged training for transformer language models",
         ICML 2022.
     """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return _expand_loss_scale_optimizer(optimizer, source_model, expanded_model, request)
     slots = _check_optimizer(optimizer, source_model)
     request = {**(expansion_request(expanded_model) or _inferred(expanded_model)), **request}
     maps = _probe_maps(source_model, expanded_model, request)
@@ -170,6 +176,19 @@ def expand_optimizer(optimizer, source_model, expanded_model, **request):
     return new
 
 
+def _expand_loss_scale_optimizer(optimizer, source_model, expanded_model, request):
+    """The inner optimizer expanded, wrapped again; the loss scale carries on."""
+    inner = expand_optimizer(optimizer.inner_optimizer, source_model, expanded_model,
+                             **request)
+    new = keras.optimizers.LossScaleOptimizer(
+        inner, initial_scale=optimizer.initial_scale,
+        dynamic_growth_steps=optimizer.dynamic_growth_steps)
+    new.build(expanded_model.trainable_variables)  # the inner one is built already
+    for name in ("step_counter", "dynamic_scale"):
+        getattr(new, name).assign(keras.ops.convert_to_numpy(getattr(optimizer, name)))
+    return new
+
+
 def _slot_value(slots, index, variable):
     slot = slots[index[id(variable)]] if id(variable) in index else None
     if slot is None:
@@ -182,10 +201,6 @@ def _check_optimizer(optimizer, model):
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError(
             f"expand_optimizer: expected a keras.optimizers.Optimizer, got {name}.")
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            "expand_optimizer: a LossScaleOptimizer is not supported yet; expand its "
-            "inner optimizer (`optimizer.inner_optimizer`) and wrap the result again.")
     slots = next((SLOTS[c.__name__] for c in type(optimizer).__mro__
                   if c.__name__ in SLOTS and c.__module__.startswith("keras")), None)
     if slots is None or type(optimizer).__name__ not in SLOTS:

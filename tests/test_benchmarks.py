@@ -99,3 +99,47 @@ def test_replication_quick_run_writes_its_table(tmp_path, task):
     assert f"<!-- {task}:begin -->" in results and f"<!-- {task}:end -->" in results
     assert "| LEMON | 2 |" in results and "| Random init | 1 |" in results
     assert (tmp_path / "results" / f"{task}.png").stat().st_size > 0
+    assert "Regime checks" in results and "copy drift" in results
+
+    # Resuming: every run is cached, so a report-only pass trains nothing
+    # and writes the same table.
+    proc = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path),
+                           "--report-only"], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "(cached)" in proc.stdout and " steps, " not in proc.stdout, proc.stdout
+    assert "Incomplete" not in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_run_cache_is_keyed_by_every_setting(tmp_path):
+    import _replication
+
+    cache = _replication.RunCache(str(tmp_path))
+    settings = dict(task=dict(name="t", steps=10), label="LEMON + carried optimizer",
+                    seed=1, fraction=0.5, options=dict(noise_scale=0.1))
+    run = _replication.Run("LEMON + carried optimizer", 1, 0.5, 5, 2.0,
+                           [(0, 0.5), (5, 0.75)], 1.5, [(0, 0.0), (5, 0.01)])
+    assert cache.load(settings) is None
+    cache.save(settings, run)
+    assert cache.load(settings) == run
+    assert os.path.basename(cache.path(settings)).startswith("lemon-carried-optimizer-f0.5-s1-")
+    for changed in (dict(seed=0), dict(fraction=0.6),
+                    dict(options=dict(noise_scale=1.0)), dict(task=dict(name="t", steps=20))):
+        assert cache.load({**settings, **changed}) is None, changed
+
+
+def test_regime_checks():
+    import _replication
+
+    class Task:
+        metric, higher_is_better = "accuracy", True
+
+    def run(curve):
+        return _replication.Run("x", 0, None, curve[-1][0], 1.0, curve, 0.0)
+
+    small = run([(0, 0.1), (80, 0.84), (100, 0.85)])  # last 20%: 0.01 of 0.75
+    scratch = [run([(0, 0.1), (100, 0.88)]), run([(0, 0.1), (100, 0.884)])]
+    assert [ok for _, ok in _replication.regime_checks(Task, small, scratch)] == [True, True]
+    slow = run([(0, 0.1), (80, 0.7), (100, 0.85)])  # last 20%: 0.15 of 0.75
+    close = [run([(0, 0.1), (100, 0.86)]), run([(0, 0.1), (100, 0.864)])]  # gap 0.012 < 5 x 0.004
+    assert [ok for _, ok in _replication.regime_checks(Task, slow, close)] == [False, False]

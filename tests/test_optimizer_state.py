@@ -235,3 +235,28 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match=r"not what the expansion request makes.*"
                        r"shape \(50, 32\), the request makes \(50, 48\).*hidden="):
         keras_lemon.expand_optimizer(adam, source, big, hidden=48)
+
+
+def test_bfloat16_models_get_the_float32_rule():
+    # The maps come from probes, not from the weights: a bfloat16 model's
+    # slots get the same values as a float32 model's (rounded to bfloat16).
+    states = {}
+    for dtype in ("float32", "mixed_bfloat16", "bfloat16"):
+        source = bert_backbone(dropout=0.0)
+        if dtype != "float32":
+            config = source.get_config()
+            source = randomize(keras_hub.models.BertBackbone.from_config({**config, "dtype": dtype}))
+        adam = keras.optimizers.Adam()
+        adam.build(source.trainable_variables)
+        rng = np.random.default_rng(0)
+        for m, v in zip(adam._momentums, adam._velocities):
+            m.assign(rng.normal(size=m.shape))
+            v.assign(rng.random(size=v.shape))
+        big = keras_lemon.expand_model(source, hidden=32, layers=3, seed=0, verify=False)
+        resumed = keras_lemon.expand_optimizer(adam, source, big)
+        states[dtype] = [keras.ops.convert_to_numpy(keras.ops.cast(s, "float32"))
+                         for s in resumed._momentums + resumed._velocities]
+    assert resumed._momentums[0].dtype == "bfloat16"
+    for dtype, rtol in (("mixed_bfloat16", 0), ("bfloat16", 1e-2)):
+        for a, b in zip(states[dtype], states["float32"]):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6 if rtol else 0)

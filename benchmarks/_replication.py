@@ -129,7 +129,8 @@ class Recipe:
     def optimizer(self, schedule):
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=self.weight_decay,
                                            clipnorm=1.0)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        # Biases and norms: LayerNorm gamma/beta, RMSNorm scale.
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "scale"])
         return optimizer
 
 

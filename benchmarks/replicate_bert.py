@@ -15,22 +15,9 @@ Usage:
 import keras
 import keras_hub
 import numpy as np
-import tensorflow as tf
 
-import _data
 import _replication
-
-SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
-
-
-def log_softmax_cross_entropy(logits, labels):
-    """Mean cross-entropy of integer `labels` under `logits` (last axis)."""
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=-1))
-    picked = np.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
-    return float(np.mean(log_norm - picked))
-
+import _text
 
 #: T = S = 2400 steps of 32 sequences of 64 tokens.
 FULL_STEPS = 2400
@@ -47,26 +34,11 @@ class DocsBERT(_replication.Task):
     noise_scale = 0.1
 
     def __init__(self, quick=False, steps=None):
-        paragraphs, self.sources = _data.load_english_paragraphs(
-            max_chars=1_500_000 if quick else None)
-        self.chars = sum(len(p) for p in paragraphs)
-        # A WordPiece vocabulary learned from the first 4M characters
-        # (keras-hub's trainer; the whole corpus would take minutes).
-        sample, size = [], 0
-        for p in paragraphs:
-            if size > (500_000 if quick else 4_000_000):
-                break
-            sample.append(p)
-            size += len(p)
-        self.vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-            tf.data.Dataset.from_tensor_slices(sample).batch(1000),
-            vocabulary_size=2000 if quick else 8192, lowercase=True,
-            reserved_tokens=SPECIAL_TOKENS)
-        self.tokenizer = keras_hub.tokenizers.BertTokenizer(
-            vocabulary=self.vocabulary, lowercase=True)
-        held_out = [_data.held_out(p, 0.02) for p in paragraphs]
-        self.train_sequences = self._pack([p for p, h in zip(paragraphs, held_out) if not h])
-        eval_sequences = self._pack([p for p, h in zip(paragraphs, held_out) if h])
+        self.corpus = _text.DocsCorpus(quick)
+        self.vocabulary = self.corpus.vocabulary
+        self.tokenizer = self.corpus.tokenizer
+        self.train_sequences = self._pack(self.corpus.train_paragraphs)
+        eval_sequences = self._pack(self.corpus.held_out_paragraphs)
         eval_sequences = eval_sequences[:128 if quick else 1024]
         # The held-out batch is masked once, so every evaluation sees the same task.
         self.eval_batch = self._mask(eval_sequences, np.random.default_rng(12345))
@@ -86,14 +58,8 @@ class DocsBERT(_replication.Task):
 
     def _pack(self, paragraphs):
         """Token ids of consecutive paragraphs cut into `[CLS] ... [SEP]` rows."""
-        cls_id, sep_id = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]"))
-        stream = []
-        for start in range(0, len(paragraphs), 5000):
-            for ids in self.tokenizer(paragraphs[start:start + 5000]):
-                stream.extend(np.asarray(ids).tolist())
-                stream.append(sep_id)
-        body = self.seq_len - 2
-        rows = np.asarray(stream[:len(stream) // body * body], np.int32).reshape(-1, body)
+        cls_id, sep_id = self.corpus.token_id("[CLS]"), self.corpus.token_id("[SEP]")
+        rows = self.corpus.rows(paragraphs, self.seq_len - 2)
         return np.concatenate([np.full((len(rows), 1), cls_id, np.int32), rows,
                                np.full((len(rows), 1), sep_id, np.int32)], axis=1)
 
@@ -107,7 +73,7 @@ class DocsBERT(_replication.Task):
         token_ids = sequences.copy()
         draw = rng.random(positions.shape)
         replaced = np.where(draw < 0.8, self.tokenizer.token_to_id("[MASK]"),
-                            np.where(draw < 0.9, rng.integers(len(SPECIAL_TOKENS),
+                            np.where(draw < 0.9, rng.integers(len(_text.SPECIAL_TOKENS),
                                                               len(self.vocabulary),
                                                               positions.shape), labels))
         np.put_along_axis(token_ids, positions, replaced.astype(np.int32), axis=1)
@@ -116,7 +82,7 @@ class DocsBERT(_replication.Task):
         return x, labels
 
     def data_settings(self):
-        return dict(chars=self.chars, vocabulary=len(self.vocabulary),
+        return dict(chars=self.corpus.chars, vocabulary=len(self.vocabulary),
                     train=len(self.train_sequences), held_out=len(self.eval_batch[1]))
 
     def build(self, sizes):
@@ -140,7 +106,7 @@ class DocsBERT(_replication.Task):
         for start in range(0, len(labels), 256):
             chunk = {k: v[start:start + 256] for k, v in x.items()}
             logits = keras.ops.convert_to_numpy(model.predict_on_batch(chunk))
-            losses.append(log_softmax_cross_entropy(logits, labels[start:start + 256])
+            losses.append(_text.log_softmax_cross_entropy(logits, labels[start:start + 256])
                           * len(logits))
         return sum(losses) / len(labels)
 
@@ -156,16 +122,11 @@ class DocsBERT(_replication.Task):
 
     def describe(self):
         r = self.recipe
-        used = ", ".join(f"`{package}` {files} files / {chars / 1e6:.1f}M chars"
-                         for package, (files, chars) in self.sources.items())
         size = {k: v for k, v in self.small.items() if k in ("num_layers", "hidden_dim",
                                                               "num_heads", "intermediate_dim")}
         large = {k: self.large[k] for k in size}
         return [
-            f"- Data: English prose from Debian documentation ({used}; markup, code "
-            f"blocks and tables stripped), {self.chars / 1e6:.1f}M characters. "
-            f"WordPiece vocabulary of {len(self.vocabulary)} tokens learned with "
-            f"keras-hub's `compute_word_piece_vocabulary`. "
+            f"- Data: {self.corpus.describe()}. "
             f"{len(self.train_sequences)} training sequences of {self.seq_len} tokens "
             f"(paragraphs packed); held-out loss on {len(self.eval_batch[1])} sequences "
             f"from 2% of the paragraphs (split by content hash), masked once.",

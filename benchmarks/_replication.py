@@ -80,12 +80,14 @@ class Arm:
     `options`: `expand_model` options, or None for a random-init large model.
     `carry_optimizer`: train on with the small model's optimizer state.
     `main`: run with every seed and searched over fractions first.
+    `expand`: False for the small model trained on, not expanded.
     """
 
     label: str
     options: object
     carry_optimizer: bool = False
     main: bool = False
+    expand: bool = True  # False: the small model itself trains on (a reference)
 
 
 def arms(task):
@@ -105,10 +107,16 @@ DIAGNOSTIC_NOISE = (0.1, 1.0, 4.0)  # noise scales tried besides the paper's
 
 
 def diagnostics(task):
-    """LEMON with other noise scales, down and up (one seed, one fraction)."""
+    """One seed, one fraction: LEMON with other noise scales, down and up, and
+    the small model itself trained on with the same schedule (does the grown
+    model get past it?)."""
     return tuple(Arm(f"LEMON, noise scale {scale:g} (diagnostic)",
                      dict(method="lemon", noise_scale=scale))
-                 for scale in DIAGNOSTIC_NOISE if scale != task.noise_scale)
+                 for scale in DIAGNOSTIC_NOISE if scale != task.noise_scale) + (
+        Arm(SMALL_CONTINUED, None, expand=False),)
+
+
+SMALL_CONTINUED = "Small model, not expanded, trained on (diagnostic)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,8 +412,14 @@ class Replication:
     def arm_run(self, arm, fraction, seed):
         def make():
             recipe, task = self.task.recipe, self.task
-            small, small_optimizer = self.small() if arm.options is not None else (None, None)
-            if arm.options is None:
+            grown = arm.options is not None or not arm.expand
+            small, small_optimizer = self.small() if grown else (None, None)
+            sizes = None
+            if not arm.expand:
+                model = fresh_model(task, task.small, seed)
+                model.set_weights(small.get_weights())
+                sizes, small = task.small, None
+            elif arm.options is None:
                 model = fresh_model(task, task.large, seed)
             else:
                 model = keras_lemon.expand_model(small, seed=seed, **task.expand_sizes,
@@ -420,10 +434,11 @@ class Replication:
                 optimizer.learning_rate = schedule
             else:
                 optimizer = recipe.optimizer(schedule)
-            return model, optimizer, schedule.total_steps, None, small
+            return model, optimizer, schedule.total_steps, sizes, small
 
+        expand = {} if arm.expand else dict(expand=False)  # keys of earlier runs unchanged
         return self.run(self.settings(arm.label, seed, fraction, options=arm.options,
-                                      carry_optimizer=arm.carry_optimizer), make)
+                                      carry_optimizer=arm.carry_optimizer, **expand), make)
 
     def search(self, arm, seeds, fractions, target):
         """Ascending fractions until the mean over `seeds` reaches `target`.
@@ -453,6 +468,9 @@ class Replication:
         target = float(np.mean([r.final for r in scratch]))
         print(f"[{task.name}] target Q = {target:.4f} {task.metric}", flush=True)
 
+        # The diagnostics first: cheap, and they say why the arms do what they do.
+        middle = 0.5 if 0.5 in self.fractions else self.fractions[len(self.fractions) // 2]
+        noise = [self.arm_run(arm, middle, seeds[0]) for arm in diagnostics(task)]
         # The main arms, fraction by fraction, so that a stopped run has
         # compared them at the same fractions.
         main = [arm for arm in arms(task) if arm.main]
@@ -478,8 +496,6 @@ class Replication:
             methods.append(dict(label=arm.label, options=arm.options, seeds=list(seeds[:1]),
                                 f_min=f_min, runs=runs))
         default = self.arm_run(Arm(UNCOMPRESSED, arms(task)[0].options), 1.0, seeds[0])
-        middle = 0.5 if 0.5 in self.fractions else self.fractions[len(self.fractions) // 2]
-        noise = [self.arm_run(arm, middle, seeds[0]) for arm in diagnostics(task)]
         return dict(task=task, small=small_run, scratch=scratch, target=target,
                     methods=methods, default=default, noise=[r for r in noise if r],
                     fractions=list(self.fractions),
@@ -633,7 +649,9 @@ def markdown(result, command, plot_name):
         "Copy drift: the mean cosine distance between the incoming FFN weights of "
         "each copied unit and its original at the end of the run "
         "(`keras_lemon.callbacks.SymmetryMonitor`; 0 right after the expansion). "
-        "The noise-scale diagnostics run LEMON at one fraction with seed 0.",
+        "The diagnostics run at one fraction with seed 0: LEMON at other noise scales, "
+        "and the small model itself trained on with the same schedule (not expanded: "
+        "its steps cost the small model's FLOPs).",
         "", f"![{task.title}](results/{plot_name})", ""]
     return lines
 

@@ -22,7 +22,7 @@ References:
 import keras
 import numpy as np
 
-from keras_lemon.lossless import output_error
+from keras_lemon.lossless import dtype_tolerance, output_error
 from keras_lemon.schedules import LemonSchedule
 
 
@@ -130,13 +130,18 @@ class LosslessCheck(keras.callbacks.Callback):
     Args:
         source: the small model the training model was expanded from.
         probe: a batch of inputs both models accept.
-        tolerance: float, default 1e-5 (fp32).
+        tolerance: float; default 1e-5 for a source computing in float32,
+            else its compute dtype's `keras_lemon.lossless.TOLERANCES` entry
+            (bfloat16 0.125, float16 0.0156).
     """
 
-    def __init__(self, source, probe, tolerance=1e-5):
+    def __init__(self, source, probe, tolerance=None):
         super().__init__()
         self.source = source
         self.probe = probe
+        if tolerance is None:
+            tolerance, dtype = dtype_tolerance(source)
+            tolerance = 1e-5 if dtype in ("float32", "float64") else tolerance
         self.tolerance = tolerance
         self.error = None
 

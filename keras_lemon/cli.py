@@ -159,7 +159,8 @@ def _expand(args):
                                           exact=not args.inexact, **sizes)
     if record["exact"]:
         print(f"lossless check: max |diff| / max |output| = {record['lossless_error']:.2e} "
-              f"(tolerance {record['tolerance']:g}) on {record['probe']}, "
+              f"(tolerance {record['tolerance']:g} for {record['compute_dtype']}) on "
+              f"{record['probe']}, "
               f"preset reloaded on {record['backend']}")
     else:
         print(f"NOT lossless (--inexact): approximation error max |diff| / max |output| = "

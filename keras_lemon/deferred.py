@@ -45,8 +45,14 @@ def is_deferred(variable):
 
 
 def initialize_with(variable, value):
-    """Initializes a deferred variable with `value` (no random draw)."""
-    variable._initializer = lambda shape, dtype=None: value
+    """Initializes a deferred variable with `value` (no random draw), cast to its dtype.
+
+    Keras initializes a variable with what its initializer returns, without
+    casting: a float32 value would sit in a bfloat16 variable (twice the
+    memory, and not what `assign` would have stored).
+    """
+    variable._initializer = lambda shape, dtype=None: keras.ops.cast(
+        value, dtype or variable.dtype)
     variable._deferred_initialize()
     variable._initializer = None
 

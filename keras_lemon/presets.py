@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover
 from keras_lemon.adapters.keras_models import with_missing_arguments
 from keras_lemon.expand import expand_model
 from keras_lemon.gguf import gguf_to_hf_directory
+from keras_lemon.lossless import dtype_tolerance
 from keras_lemon.options import expansion_options
 from keras_lemon.support import family_for_class
 from keras_lemon.version import __version__
@@ -259,7 +260,7 @@ def _write_record(directory, record):
 def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
                   intermediate=None, placement="interleave", method="lemon",
                   seed=None, noise_scale=1.0, overwrite=False, verify=True,
-                  tolerance=1e-4, progress=None, exact=True, positions=None):
+                  tolerance=None, progress=None, exact=True, positions=None):
     """Expands a keras-hub preset into a larger preset, losslessly.
 
     Loads the preset (its task with head and preprocessor when it has one,
@@ -287,7 +288,11 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
         overwrite: replace a non-empty `dst` (only after success).
         verify: reload the written preset and measure the lossless error;
             raise above `tolerance`. With False the metadata records no error.
-        tolerance: float, the largest accepted max |diff| / max |output|.
+        tolerance: float, the largest accepted max |diff| / max |output|;
+            None for the source's compute dtype's
+            (`keras_lemon.lossless.dtype_tolerance`: 1e-4 in float32,
+            0.125 in bfloat16). The tolerance used and the dtype it was
+            judged at are recorded.
         progress: optional `progress(done, total, path)` callable, see
             `expand_model`.
         exact: as `expand_model`. With False a post-LN width that is not a
@@ -336,7 +341,7 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
 def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
                           intermediate=None, placement="interleave", method="lemon",
                           seed=None, noise_scale=1.0, overwrite=False, verify=True,
-                          tolerance=1e-4, progress=None, exact=True, positions=None):
+                          tolerance=None, progress=None, exact=True, positions=None):
     """`expand_preset` on an already loaded `LoadedPreset` (the CLI plans first).
 
     Returns:
@@ -365,6 +370,8 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
     try:
         loaded.save(model, staging)
         error = None
+        default_tolerance, compute_dtype = dtype_tolerance(source)
+        tolerance = default_tolerance if tolerance is None else tolerance
         if verify:
             reloaded = type(model).from_preset(staging)
             error = family.verify(source, reloaded, probe, np.inf if inexact else tolerance)
@@ -384,6 +391,7 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
             "lossless_error": None if inexact else error,
             "approximation_error": error if inexact else None,
             "tolerance": tolerance,
+            "compute_dtype": compute_dtype,
             "probe": family.probe_description(loaded.tokenizer, source),
             "backend": keras.backend.backend(),
             "date": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),

@@ -259,8 +259,11 @@ class GraphFamily:
         return ("2 random inputs (seed 0): token ids with the second sequence padded, "
                 "or images of standard normal pixels")
 
-    def verify(self, source, model, inputs, tolerance=1e-4):
+    def verify(self, source, model, inputs, tolerance=None):
         """Max |diff| / max |output| of `model` against `source`; raises above `tolerance`.
+
+        `tolerance=None` is the source's compute dtype's
+        (`keras_lemon.lossless.dtype_tolerance`).
 
         The hidden states grow: post-LN as circular copies, pre-LN with the
         final LayerNorm's zero extras.

@@ -21,6 +21,7 @@ Finally the expanded model is compared with the source on a probe batch;
 an inexact expansion raises instead of returning a silently lossy model.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -37,6 +38,7 @@ from keras_lemon.graph.trace import should_inline
 from keras_lemon.graph.trace import trace_model
 from keras_lemon.index_maps import DimExpansion
 from keras_lemon.lossless import check_lossless
+from keras_lemon.lossless import dtype_tolerance
 from keras_lemon.rules.registry import ExpansionError
 from keras_lemon.rules.core_layers import attention_inputs
 from keras_lemon.rules.core_layers import attention_shape
@@ -705,11 +707,19 @@ class KerasModelAdapter:
         from its config (keeping its class), without the random
         initialization of its variables (`keras_lemon.deferred`; call
         `deferred.finish()` once every variable is written).
+
+        The target is built under the global dtype policy the source was
+        built under (`build_time_dtype_policy`): layers that create
+        sublayers without passing their `dtype` (common in users' custom
+        layers) then get the policy they got in the source, also when the
+        source was built under `keras.config.set_dtype_policy(...)` and the
+        expansion runs under another global policy.
         """
-        if self.functional and not self.rebuilt_from_config:
-            builder = _FunctionalBuilder(self, dims, target, specs)
-            return builder.build(), builder.leaf_targets
-        return self._build_subclassed(dims, target, specs)
+        with _global_dtype_policy(build_time_dtype_policy(self.model)):
+            if self.functional and not self.rebuilt_from_config:
+                builder = _FunctionalBuilder(self, dims, target, specs)
+                return builder.build(), builder.leaf_targets
+            return self._build_subclassed(dims, target, specs)
 
     @property
     def rebuilt_from_config(self):
@@ -808,9 +818,10 @@ class KerasModelAdapter:
     def verify(self, new_model, tolerance=None):
         """Max |diff| / max |output| on a probe batch; raises above `tolerance`.
 
-        The default tolerance is 1e-4, or for post-LN depth growth 10x the
-        largest LayerNorm epsilon (`LN(LN(z)) = LN(z)` holds to
-        `O(epsilon)`, see `keras_lemon.depth`).
+        The default tolerance is the source's compute dtype's
+        (`keras_lemon.lossless.dtype_tolerance`: 1e-4 in float32), for
+        post-LN depth growth at least 10x the largest LayerNorm epsilon
+        (`LN(LN(z)) = LN(z)` holds to `O(epsilon)`, see `keras_lemon.depth`).
         """
         hint = None
         if self.roles.post_ln:
@@ -823,7 +834,7 @@ class KerasModelAdapter:
                 "scaled layers) can exceed the tolerance; grow the width only, or check "
                 "the error with verify=False.")
         if tolerance is None:
-            tolerance = 1e-4
+            tolerance = dtype_tolerance(self.model)[0]
             if self.roles.post_ln:
                 tolerance = max([tolerance] + [10 * e for e in eps])
         # Outputs that grow with the model (a backbone's hidden states) are
@@ -1061,6 +1072,29 @@ def _per_layer_lists(config, num_blocks, specs):
         if "layer" in key and isinstance(value, (list, tuple)) and len(value) == num_blocks:
             config[key] = type(value)(value[spec.template] for spec in specs)
     return config
+
+
+def build_time_dtype_policy(model):
+    """The global dtype policy `model` was most likely built under.
+
+    `keras.Input` takes the global policy of its time, whatever `dtype` the
+    layers get: a functional model's input layers tell it. A model without
+    input layers (subclassed) tells it by its own policy, which is the
+    global one unless it was passed a `dtype`.
+    """
+    inputs = {layer.dtype_policy.name for layer in model._flatten_layers()
+              if isinstance(layer, keras.layers.InputLayer)}
+    return inputs.pop() if len(inputs) == 1 else model.dtype_policy
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def with_missing_arguments(model, config):

@@ -9,6 +9,7 @@ References:
 """
 
 from keras_lemon import callbacks  # noqa: F401
+from keras_lemon import distribution  # noqa: F401
 from keras_lemon import rules  # noqa: F401  (registers the built-in rules)
 from keras_lemon import schedules  # noqa: F401
 from keras_lemon.depth import BlockSpec

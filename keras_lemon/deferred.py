@@ -16,6 +16,8 @@ list of uninitialized variables). When they are missing,
 import contextlib
 
 import keras
+import ml_dtypes
+import numpy as np
 
 try:
     from keras.src.backend.common import global_state
@@ -51,10 +53,29 @@ def initialize_with(variable, value):
     casting: a float32 value would sit in a bfloat16 variable (twice the
     memory, and not what `assign` would have stored).
     """
+    if _sharded_on_jax(variable):
+        # Under a keras.distribution scope: each device takes its shard
+        # straight from the host array (`jax.device_put`; on several hosts
+        # each host computes the same array from the same seed). The
+        # initializer path would compile the value into a jitted constant.
+        variable._initializer = None
+        variable._initialize(np.asarray(value).astype(_numpy_dtype(variable.dtype)))
+        return
     variable._initializer = lambda shape, dtype=None: keras.ops.cast(
         value, dtype or variable.dtype)
     variable._deferred_initialize()
     variable._initializer = None
+
+
+def _sharded_on_jax(variable):
+    if keras.backend.backend() != "jax":
+        return False
+    variable._initialize_layout()  # the distribution's layout for its path, or None
+    return variable._layout is not None
+
+
+def _numpy_dtype(dtype):
+    return ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
 
 
 def finish():

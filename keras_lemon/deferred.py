@@ -61,8 +61,9 @@ def initialize_with(variable, value):
         variable._initializer = None
         variable._initialize(np.asarray(value).astype(_numpy_dtype(variable.dtype)))
         return
-    variable._initializer = lambda shape, dtype=None: keras.ops.cast(
-        value, dtype or variable.dtype)
+    if np.asarray(value).dtype != _numpy_dtype(variable.dtype):
+        value = keras.ops.cast(value, variable.dtype)
+    variable._initializer = lambda shape, dtype=None: value
     variable._deferred_initialize()
     variable._initializer = None
 

@@ -140,14 +140,14 @@ class DimExpansion:
         if self.is_identity:
             return x
         axis = _check_axis(x, axis, self.source, "expand")
-        out = np.take(x, self.index_map(), axis=axis)
-        if self.pattern != "circular" and self.extras:
-            extra = _axis_slice(x.ndim, axis, slice(self.copies * self.source, None))
-            if self.pattern == "average":
-                out[extra] = np.mean(x, axis=axis, keepdims=True)
-            else:
-                out[extra] = 0
-        return out
+        if self.pattern == "circular":
+            extra = x[_axis_slice(x.ndim, axis, slice(0, self.extras))]
+        elif self.pattern == "average":
+            extra = np.broadcast_to(np.mean(x, axis=axis, keepdims=True),
+                                    _resized(x.shape, axis, self.extras))
+        else:
+            extra = np.zeros(_resized(x.shape, axis, self.extras), x.dtype)
+        return _copies_then(x, axis, self.copies, extra)
 
     def sum_over_copies(self, x, axis=-1):
         """Applies `M^T` along `axis`: `(D, ...)` -> `(d, ...)`."""
@@ -175,14 +175,44 @@ class DimExpansion:
         if self.is_identity:
             return x
         axis = _check_axis(x, axis, self.source, "distribute_to_copies")
-        shares = np.moveaxis(x, axis, 0) / _column(self.copy_counts(), x.ndim)
-        out = np.take(shares, self.index_map(), axis=0)
-        out[~self.copy_mask()] = 0
-        return np.moveaxis(out, 0, axis)
+        counts = self.copy_counts().astype(np.float32).reshape(
+            _resized((1,) * x.ndim, axis, self.source))
+        shares = x / counts
+        if self.pattern == "circular":
+            extra = shares[_axis_slice(x.ndim, axis, slice(0, self.extras))]
+        else:  # extra units are not copies: they get nothing
+            extra = np.zeros(_resized(shares.shape, axis, self.extras), shares.dtype)
+        return _copies_then(shares, axis, self.copies, extra)
+
+    def add_distributed(self, out, x, axis=-1):
+        """`out += P x` along `axis`, in place, without a target-size temporary.
+
+        `out` has the target size on `axis`, `x` the source size; the result
+        equals `out + distribute_to_copies(x, axis)` bit for bit.
+        """
+        x = np.asarray(x)
+        axis = _check_axis(x, axis, self.source, "add_distributed")
+        counts = self.copy_counts().astype(np.float32).reshape(
+            _resized((1,) * x.ndim, axis, self.source))
+        shares = x / counts
+        for copy in range(self.copies):
+            start = copy * self.source
+            out[_axis_slice(out.ndim, axis, slice(start, start + self.source))] += shares
+        if self.pattern == "circular" and self.extras:
+            start = self.copies * self.source
+            out[_axis_slice(out.ndim, axis, slice(start, None))] += shares[
+                _axis_slice(x.ndim, axis, slice(0, self.extras))]
+        return out
 
 
-def _column(v, ndim):
-    return v.reshape((-1,) + (1,) * (ndim - 1)).astype(np.float32)
+def _resized(shape, axis, size):
+    return tuple(shape[:axis]) + (size,) + tuple(shape[axis + 1:])
+
+
+def _copies_then(x, axis, copies, extra):
+    """`copies` whole copies of `x` along `axis`, then `extra`: `M` as block
+    copies (memcpy) rather than a gather by the index map."""
+    return np.concatenate([x] * copies + ([extra] if extra.shape[axis] else []), axis=axis)
 
 
 def _axis_slice(ndim, axis, sl):
@@ -217,7 +247,7 @@ def fan_out(weight, axes):
     return weight
 
 
-def fan_in_split(weight, noise, axes):
+def fan_in_split(weight, noise, axes, overwrite_noise=False):
     """Splits a weight over the copies of its inputs: `W' = R + P (W - M^T R)`.
 
     Whatever `noise` is, the result satisfies `M^T W' = W` on the listed axes,
@@ -230,6 +260,8 @@ def fan_in_split(weight, noise, axes):
         noise: array `R` of the target shape. LEMON draws it at random; zeros
             give the equal split of Net2Net (`W'[j] = W[g(j)] / n`).
         axes: dict `{axis: DimExpansion}` of the fan-in axes.
+        overwrite_noise: the result may be written into `noise` (saves a
+            target-size array; the rules pass their fresh draws).
 
     Returns:
         Array of the target shape.
@@ -242,6 +274,14 @@ def fan_in_split(weight, noise, axes):
     array([0.5, 1. , 0.5, 1. ])
     """
     residual = weight - _apply(noise, axes, "sum_over_copies")
+    if len(axes) == 1 and isinstance(noise, np.ndarray) and noise.flags.writeable:
+        # One fan-in axis (almost every weight): add P(residual) into a copy
+        # of the noise block by block, with no second target-size array.
+        (axis, dim), = axes.items()
+        dtype = np.result_type(noise, residual)
+        if hasattr(dim, "add_distributed"):
+            out = noise if overwrite_noise and noise.dtype == dtype else noise.astype(dtype)
+            return dim.add_distributed(out, residual, axis)
     return noise + _apply(residual, axes, "distribute_to_copies")
 
 

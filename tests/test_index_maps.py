@@ -86,3 +86,48 @@ def test_bad_dimensions():
         DimExpansion(2, 4, "mirror")
     with pytest.raises(ValueError, match="expected 3"):
         DimExpansion(3, 6).expand(np.ones(4))
+
+
+def _gather_reference(dim, x, axis):
+    """`M` and `P` by the index map (the definitions the block copies must equal)."""
+    x = np.moveaxis(np.asarray(x), axis, 0)
+    expanded = np.take(x, dim.index_map(), axis=0)
+    shares = np.take(x / dim.copy_counts().reshape((-1,) + (1,) * (x.ndim - 1)).astype(
+        np.float32), dim.index_map(), axis=0)
+    if dim.pattern != "circular" and dim.extras:
+        extra = slice(dim.copies * dim.source, None)
+        expanded[extra] = x.mean(axis=0) if dim.pattern == "average" else 0
+        shares[extra] = 0
+    return np.moveaxis(expanded, 0, axis), np.moveaxis(shares, 0, axis)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("d,D", [(3, 3), (3, 6), (3, 8), (4, 13)])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_block_copies_equal_the_index_map_gather(pattern, d, D, axis):
+    dim = DimExpansion(d, D, pattern)
+    shape = [2, 5, 4]
+    shape[axis] = d
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expanded, shares = _gather_reference(dim, x, axis)
+    np.testing.assert_array_equal(dim.expand(x, axis), expanded)
+    np.testing.assert_array_equal(dim.distribute_to_copies(x, axis), shares)
+    target_shape = list(shape)
+    target_shape[axis] = D
+    out = np.random.default_rng(1).normal(size=target_shape).astype(np.float32)
+    # In place and bit for bit what out + P x gives.
+    np.testing.assert_array_equal(dim.add_distributed(out.copy(), x, axis),
+                                  out + dim.distribute_to_copies(x, axis))
+
+
+def test_fan_in_split_may_write_into_its_noise():
+    dim = DimExpansion(3, 8)
+    w = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    noise = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    kept = noise.copy()
+    result = fan_in_split(w, noise, {0: dim})
+    np.testing.assert_array_equal(noise, kept)  # untouched by default
+    overwritten = fan_in_split(w, noise, {0: dim}, overwrite_noise=True)
+    assert overwritten is noise
+    np.testing.assert_array_equal(overwritten, result)
+    np.testing.assert_allclose(dim.sum_over_copies(result, 0), w, atol=1e-6)

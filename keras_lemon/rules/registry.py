@@ -32,7 +32,9 @@ def expand_scale(layer, ctx):
 ```
 """
 
+import concurrent.futures
 import dataclasses
+import os
 import zlib
 
 import keras
@@ -213,6 +215,49 @@ class LayerFlags:
         return cls(**(flags or {}))
 
 
+#: Noise is drawn in chunks of this many values, each from its own
+#: generator (seeded by the chunk's index): the values do not depend on how
+#: many threads draw them.
+NOISE_CHUNK = 1 << 20
+_noise_pool = None
+
+
+def uniform_noise(seed_words, shape, half_width):
+    """float32 draws from `U(-half_width, half_width)`, in parallel chunks.
+
+    Chunk `c` of the flattened array comes from
+    `np.random.default_rng(seed_words + [c])`; NumPy's generators and the
+    in-place arithmetic release the GIL, so large draws use every core.
+
+    Args:
+        seed_words: list of ints, the generator's seed (expansion seed, path hash).
+        shape: the output shape.
+        half_width: float, `a` of `U(-a, a)`.
+    """
+    global _noise_pool
+    out = np.empty(shape, np.float32)
+    flat = out.reshape(-1)
+    width = np.float32(2.0 * half_width)
+
+    def fill(chunk):
+        part = flat[chunk * NOISE_CHUNK:(chunk + 1) * NOISE_CHUNK]
+        np.random.default_rng(list(seed_words) + [chunk]).random(out=part, dtype=np.float32)
+        part -= np.float32(0.5)
+        part *= width
+
+    chunks = range(-(-flat.size // NOISE_CHUNK))
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            fill(chunk)
+        return out
+    if _noise_pool is None:
+        threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
+        _noise_pool = concurrent.futures.ThreadPoolExecutor(threads, "keras_lemon_noise")
+    list(_noise_pool.map(fill, chunks))
+    return out
+
+
 class ExpansionContext:
     """What a rule gets: source layer, target layer, roles, and writers.
 
@@ -299,7 +344,8 @@ class ExpansionContext:
         fan_out = fan_out or {}
         weight = self.source_value(name)
         noise = self.noise(name, _target_shape(weight.shape, fan_in), weight)
-        value = index_maps.fan_out(index_maps.fan_in_split(weight, noise, fan_in), fan_out)
+        value = index_maps.fan_out(
+            index_maps.fan_in_split(weight, noise, fan_in, overwrite_noise=True), fan_out)
         how = _how("fan-in", fan_in) + (" " + _how("fan-out", fan_out) if fan_out else "")
         self.set(name, value * scale if scale != 1.0 else value, how + _scale_note(scale))
 
@@ -342,14 +388,9 @@ class ExpansionContext:
             return np.zeros(shape, np.float32)
         std = float(np.std(like)) if np.size(like) > 1 else 0.0
         std = (std if std > 0 else 0.02) * scale
-        rng = np.random.default_rng(
-            [self._session.seed, zlib.crc32(f"{self.path}/{name}".encode())]
-        )
         # U(-a, a) has std a / sqrt(3).
-        values = rng.random(shape, dtype=np.float32)
-        values -= 0.5
-        values *= np.float32(2.0 * np.sqrt(3.0) * std)
-        return values
+        return uniform_noise([self._session.seed, zlib.crc32(f"{self.path}/{name}".encode())],
+                             shape, np.float32(np.sqrt(3.0) * std))
 
     # --- sublayers -----------------------------------------------------------
 

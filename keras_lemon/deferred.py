@@ -14,6 +14,7 @@ list of uninitialized variables). When they are missing,
 """
 
 import contextlib
+import weakref
 
 import keras
 import ml_dtypes
@@ -63,9 +64,33 @@ def initialize_with(variable, value):
         return
     if np.asarray(value).dtype != _numpy_dtype(variable.dtype):
         value = keras.ops.cast(value, variable.dtype)
+    elif keras.backend.backend() == "torch" and _unshared(value):
+        # torch's convert_to_tensor copies every NumPy array (`np.array`):
+        # hand over an array no one else holds as a tensor on its memory.
+        import torch
+
+        value = torch.from_numpy(value)
     variable._initializer = lambda shape, dtype=None: value
     variable._deferred_initialize()
     variable._initializer = None
+
+
+_handed_over = {}  # id -> weak reference of the arrays given to torch variables
+
+
+def _unshared(value):
+    """An array computed for this variable alone: it owns its memory (not a
+    view of a source variable's), and was not handed to another variable."""
+    if not (isinstance(value, np.ndarray) and value.flags.owndata
+            and value.flags.c_contiguous and value.flags.writeable):
+        return False
+    key = id(value)
+    ref = _handed_over.get(key)
+    if ref is not None and ref() is value:
+        return False
+    # The entry goes when the array does (before its id can be reused).
+    _handed_over[key] = weakref.ref(value, lambda _: _handed_over.pop(key, None))
+    return True
 
 
 def _sharded_on_jax(variable):

@@ -1,9 +1,11 @@
 """The expansion session's own checks: no rule, wrong shape, written twice, missing, wrong class."""
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
+import keras_lemon
 from keras_lemon import DimExpansion
 from keras_lemon.engine import ExpansionSession
 from keras_lemon.rules.registry import ExpansionError
@@ -67,3 +69,23 @@ def test_unwritten_target_variables_are_named():
     # What was written is the source's kernel (LEMON's noise cancels up to round-off).
     np.testing.assert_allclose(keras.ops.convert_to_numpy(target.kernel),
                                keras.ops.convert_to_numpy(source.kernel), atol=1e-6)
+
+
+@pytest.mark.parametrize("request_", [dict(layers=4), dict(hidden=32, layers=4)],
+                         ids=["depth_only", "width_and_depth"])
+def test_expanded_variables_share_no_memory_with_the_source_or_each_other(request_):
+    """torch variables are handed their NumPy arrays without a copy: only
+    arrays computed for them alone (never a source variable's view)."""
+    from conftest import randomize
+
+    small = randomize(keras_hub.models.LlamaBackbone(
+        vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+        hidden_dim=16, intermediate_dim=32))
+    before = [keras.ops.convert_to_numpy(v).copy() for v in small.weights]
+    big = keras_lemon.expand_model(small, seed=0, **request_)
+    for i, v in enumerate(big.weights):
+        v.assign(keras.ops.zeros(v.shape, v.dtype) + float(i))
+    for v, value in zip(small.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value, err_msg=v.path)
+    for i, v in enumerate(big.weights):
+        assert np.all(keras.ops.convert_to_numpy(v) == float(i)), v.path

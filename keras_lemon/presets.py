@@ -78,6 +78,10 @@ class LoadedPreset:
         preprocessing: dict config file -> preprocessing layer saved beside
             the model (tokenizer, preprocessor, image converter), not those
             inside the task.
+        dtype: the dtype policy the model was loaded in: the one a Keras
+            preset was saved in (keras-hub alone would load a bfloat16
+            preset in float32), or None (Hugging Face and GGUF files: as
+            keras-hub loads them).
     """
 
     def __init__(self, preset, load_weights=True):
@@ -108,7 +112,9 @@ class LoadedPreset:
         except ValueError as error:
             raise ValueError(f"Preset '{preset}': {error}") from error
         self.preprocessing = {}
+        self.dtype = None
         if self.format == "keras":
+            self.dtype = _saved_float_policy(preset)
             self.model = self._load_keras(preset, backbone_cls, load_weights)
         else:
             try:
@@ -142,9 +148,10 @@ class LoadedPreset:
                     + ". Load its backbone with keras_hub.models.Backbone.from_preset "
                     "and use keras_lemon.expand_model."
                 )
-            model = task_cls.from_preset(preset, load_weights=load_weights)
+            model = task_cls.from_preset(preset, load_weights=load_weights, dtype=self.dtype)
         else:
-            model = backbone_cls.from_preset(preset, load_weights=load_weights)
+            model = backbone_cls.from_preset(preset, load_weights=load_weights,
+                                             dtype=self.dtype)
         for config_file in _PREPROCESSING_FILES:
             if config_file == preset_utils.PREPROCESSOR_CONFIG_FILE and has_task:
                 continue  # the task saves its own preprocessor
@@ -187,6 +194,16 @@ def _add_forgotten_arguments(backbone, directory):
         saved["config"] = {**config, **missing}
         with open(path, "w") as f:
             json.dump(saved, f, indent=4)
+
+
+def _saved_float_policy(preset):
+    """The name of the float dtype policy a Keras preset's backbone was saved in, or None."""
+    dtype = preset_utils.load_json(preset, preset_utils.CONFIG_FILE).get("config", {}).get("dtype")
+    name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+    if isinstance(name, str) and name in ("float32", "float16", "bfloat16", "float64",
+                                          "mixed_float16", "mixed_bfloat16"):
+        return name
+    return None
 
 
 def _config_class(preset, config_file):
@@ -270,7 +287,9 @@ def expand_preset(src, dst, *, hidden=None, layers=None, heads=None,
     model's outputs against the source's on a probe batch (real English
     sentences for text presets with a tokenizer), records the expansion in
     `metadata.json` and only then renames the temporary directory to `dst`.
-    On any error nothing is left at `dst`.
+    On any error nothing is left at `dst`. A Keras preset saved in bfloat16
+    or float16 is loaded, expanded, written and checked in its own dtype
+    (keras-hub's `from_preset` alone would load it in float32).
 
     Args:
         src: a preset directory: a Keras preset (`save_to_preset`) or a
@@ -373,7 +392,7 @@ def write_expanded_preset(loaded, dst, *, hidden=None, layers=None, heads=None,
         default_tolerance, compute_dtype = dtype_tolerance(source)
         tolerance = default_tolerance if tolerance is None else tolerance
         if verify:
-            reloaded = type(model).from_preset(staging)
+            reloaded = type(model).from_preset(staging, dtype=loaded.dtype)
             error = family.verify(source, reloaded, probe, np.inf if inexact else tolerance)
             del reloaded
         record = {

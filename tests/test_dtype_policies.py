@@ -6,6 +6,8 @@ once; the lossless check judges at the source's least precise compute dtype
 (`keras_lemon.lossless.TOLERANCES`, measured in `benchmarks/dtype_policies.py`).
 """
 
+import json
+
 import keras
 import keras_hub
 import numpy as np
@@ -160,3 +162,24 @@ def test_functional_model_built_under_a_global_mixed_policy():
     assert all(v.dtype == "float32" for v in big.weights)
     error = output_error(small, big, image_inputs())
     assert 0 < error <= TOLERANCES["bfloat16"] / 2, error
+
+
+def test_bfloat16_preset_expands_and_records_its_dtype_and_tolerance(tmp_path):
+    from preset_builders import bert_tokenizer
+
+    small = bert("bfloat16")
+    small.save_to_preset(str(tmp_path / "small"))
+    bert_tokenizer().save_to_preset(str(tmp_path / "small"))
+    keras_lemon.expand_preset(str(tmp_path / "small"), str(tmp_path / "big"), hidden=32,
+                              layers=3, seed=0)
+    record = keras_lemon.read_expansion(str(tmp_path / "big"))
+    assert record["compute_dtype"] == "bfloat16"
+    assert record["tolerance"] == TOLERANCES["bfloat16"]
+    assert 0 < record["lossless_error"] <= record["tolerance"]
+    # Written in bfloat16 (keras-hub's from_preset would load it in float32
+    # unless told; keras_lemon loads a preset in the dtype it was saved in).
+    with open(tmp_path / "big" / "config.json") as f:
+        assert json.load(f)["config"]["dtype"]["config"]["name"] == "bfloat16"
+    reloaded = keras_lemon.presets.LoadedPreset(str(tmp_path / "big")).model
+    assert {str(v.dtype) for v in reloaded.weights} == {"bfloat16"}
+    assert reloaded.num_layers == 3

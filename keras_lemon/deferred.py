@@ -14,6 +14,7 @@ list of uninitialized variables). When they are missing,
 """
 
 import contextlib
+import warnings
 import weakref
 
 import keras
@@ -64,15 +65,33 @@ def initialize_with(variable, value):
         return
     if np.asarray(value).dtype != _numpy_dtype(variable.dtype):
         value = keras.ops.cast(value, variable.dtype)
-    elif keras.backend.backend() == "torch" and _unshared(value):
-        # torch's convert_to_tensor copies every NumPy array (`np.array`):
-        # hand over an array no one else holds as a tensor on its memory.
-        import torch
-
-        value = torch.from_numpy(value)
+    elif keras.backend.backend() == "torch" and isinstance(value, np.ndarray):
+        value = _torch_tensor(value)
     variable._initializer = lambda shape, dtype=None: value
     variable._deferred_initialize()
     variable._initializer = None
+
+
+def _torch_tensor(value):
+    """The CPU tensor for a computed array, copying only what must be copied.
+
+    torch's `convert_to_tensor` copies every NumPy array (`np.array`, one
+    thread, into fresh memory: page faults dominate). An array no one else
+    holds becomes the tensor's memory as it is; another (a read-only view
+    of a source variable) is copied by torch, whose copy runs on all cores.
+    """
+    import torch
+
+    if value.dtype not in (np.float16, np.float32, np.float64):
+        return value  # bfloat16 (ml_dtypes) and others: keras' own conversion
+    if _unshared(value):
+        return torch.from_numpy(value)
+    if not value.flags.c_contiguous:
+        return torch.from_numpy(np.ascontiguousarray(value))  # a fresh copy of its own
+    with warnings.catch_warnings():
+        # from_numpy warns on read-only arrays; the clone never writes back.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(value).clone()
 
 
 _handed_over = {}  # id -> weak reference of the arrays given to torch variables

@@ -47,7 +47,17 @@ class ExpansionSession:
         self._expected += count
 
     def read(self, variable):
-        return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+        # The variable's tensor, not the Variable: keras' convert_to_numpy
+        # of a Variable is ~16x slower on torch (~3x on JAX).
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        if keras.backend.backend() == "torch" and value.device.type == "cpu" \
+                and str(value.dtype) == "torch.float32":
+            # A read-only view of the tensor's memory: a copy would cost a
+            # fresh allocation (page faults) per source variable.
+            array = value.detach().numpy()
+            array.flags.writeable = False
+            return array
+        return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float32)
 
     def expand_layer(self, source, target, path, dims, flags=None, rule=None):
         """Expands `source` into `target` (None when planning) with its rule.

@@ -343,9 +343,14 @@ class ExpansionContext:
         """
         fan_out = fan_out or {}
         weight = self.source_value(name)
-        noise = self.noise(name, _target_shape(weight.shape, fan_in), weight)
-        value = index_maps.fan_out(
-            index_maps.fan_in_split(weight, noise, fan_in, overwrite_noise=True), fan_out)
+        # An axis that keeps its size has no copies: R + P(W - M^T R) = W
+        # there, exactly only without the draw (depth-only growth copies
+        # whole blocks this way).
+        growing = {axis: dim for axis, dim in fan_in.items() if not dim.is_identity}
+        if growing:
+            noise = self.noise(name, _target_shape(weight.shape, growing), weight)
+            weight = index_maps.fan_in_split(weight, noise, growing, overwrite_noise=True)
+        value = index_maps.fan_out(weight, fan_out)
         how = _how("fan-in", fan_in) + (" " + _how("fan-out", fan_out) if fan_out else "")
         self.set(name, value * scale if scale != 1.0 else value, how + _scale_note(scale))
 
@@ -357,10 +362,11 @@ class ExpansionContext:
         fan_out = fan_out or {}
         source = self.source_value(name)
         shape = _target_shape(source.shape, fan_in)
-        if self.method == "lemon":
+        if self.method == "lemon" and any(not dim.is_identity for dim in fan_in.values()):
             noise = self.noise(name, shape, source)
         else:
-            # net2net and zero_blocks (LLaMA-Pro) start new blocks at exactly 0.
+            # net2net and zero_blocks (LLaMA-Pro) start new blocks at exactly 0,
+            # and so does LEMON where no input has copies (cancel(R) = R - R).
             noise = np.zeros(shape, np.float32)
         value = index_maps.fan_out(index_maps.cancel(noise, fan_in), fan_out)
         kind = "cancel (copies sum to 0)" if self.method == "lemon" else "zero"

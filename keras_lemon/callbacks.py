@@ -22,7 +22,8 @@ References:
 import keras
 import numpy as np
 
-from keras_lemon.lossless import dtype_tolerance, output_error
+from keras_lemon.lossless import dtype_tolerance
+from keras_lemon.lossless import output_error
 from keras_lemon.schedules import LemonSchedule
 
 

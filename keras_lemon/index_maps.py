@@ -175,12 +175,8 @@ class DimExpansion:
         if self.is_identity:
             return x
         axis = _check_axis(x, axis, self.source, "distribute_to_copies")
-        counts = self.copy_counts().astype(np.float32).reshape(
-            _resized((1,) * x.ndim, axis, self.source))
-        shares = x / counts
-        if self.pattern == "circular":
-            extra = shares[_axis_slice(x.ndim, axis, slice(0, self.extras))]
-        else:  # extra units are not copies: they get nothing
+        shares, extra = self._shares(x, axis)
+        if extra is None:  # extra units are not copies: they get nothing
             extra = np.zeros(_resized(shares.shape, axis, self.extras), shares.dtype)
         return _copies_then(shares, axis, self.copies, extra)
 
@@ -192,17 +188,24 @@ class DimExpansion:
         """
         x = np.asarray(x)
         axis = _check_axis(x, axis, self.source, "add_distributed")
-        counts = self.copy_counts().astype(np.float32).reshape(
-            _resized((1,) * x.ndim, axis, self.source))
-        shares = x / counts
+        shares, extra = self._shares(x, axis)
         for copy in range(self.copies):
             start = copy * self.source
             out[_axis_slice(out.ndim, axis, slice(start, start + self.source))] += shares
-        if self.pattern == "circular" and self.extras:
-            start = self.copies * self.source
-            out[_axis_slice(out.ndim, axis, slice(start, None))] += shares[
-                _axis_slice(x.ndim, axis, slice(0, self.extras))]
+        if extra is not None and self.extras:
+            out[_axis_slice(out.ndim, axis, slice(self.copies * self.source, None))] += extra
         return out
+
+    def _shares(self, x, axis):
+        """`x[i] / n_i` along `axis`, and what the extra units get (circular:
+        the first `r` shares; None for the other patterns, whose extras are
+        not copies)."""
+        counts = self.copy_counts().astype(np.float32).reshape(
+            _resized((1,) * x.ndim, axis, self.source))
+        shares = x / counts
+        if self.pattern != "circular":
+            return shares, None
+        return shares, shares[_axis_slice(x.ndim, axis, slice(0, self.extras))]
 
 
 def _resized(shape, axis, size):
@@ -278,8 +281,8 @@ def fan_in_split(weight, noise, axes, overwrite_noise=False):
         # One fan-in axis (almost every weight): add P(residual) into a copy
         # of the noise block by block, with no second target-size array.
         (axis, dim), = axes.items()
-        dtype = np.result_type(noise, residual)
         if hasattr(dim, "add_distributed"):
+            dtype = np.result_type(noise, residual)
             out = noise if overwrite_noise and noise.dtype == dtype else noise.astype(dtype)
             return dim.add_distributed(out, residual, axis)
     return noise + _apply(residual, axes, "distribute_to_copies")
